@@ -1,0 +1,40 @@
+# Two entry points: `make demo` and `make test`. Both work on a fresh Debian machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv system-deps lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The suite starts real etcd and Redis servers: install Debian's packages when missing.
+system-deps:
+	@if ! command -v etcd >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing etcd-server and redis-server"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends etcd-server redis-server >/dev/null; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check resilience interceptors tests benchmarks examples
+	$(VENV)/bin/mypy
+
+test: venv system-deps lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m resilience.cli demo
+
+bench: venv
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

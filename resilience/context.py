@@ -1,0 +1,123 @@
+"""The context of one call, shared by the policies, the adapter and the listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .clock import SYSTEM_CLOCK, Clock
+from .events import Listener
+from .outcome import DEFAULT_CLASSIFIER, Classifier
+
+__all__ = ["CallContext"]
+
+
+class CallContext:
+    """What policies know about the call in progress.
+
+    One context lives for one logical call; the retry policy updates ``attempt`` on it
+    and a hedge works on a :meth:`fork`. Adapters fill it before the call and read it in
+    each attempt (``deadline`` becomes the transport timeout, ``attempt`` the
+    ``grpc-previous-rpc-attempts`` header, ``endpoint`` the address to send to).
+
+    Attributes:
+        service: the logical service called (``"orders"``, an HTTP host).
+        method: the method called (a gRPC method, ``"GET /items"``).
+        attempt: 1 for the first attempt, 2 for the first retry, and so on.
+        hedge: 0 for the primary attempt, ``n`` for the ``n``-th hedged attempt.
+        deadline: absolute deadline on ``clock.monotonic()``, or ``None``.
+        idempotent: whether the call may safely be sent more than once.
+        committed: set by adapters once a result has been handed to the caller in part
+            (a stream's first message): from then on nothing may retry or hedge it.
+        tags: free-form labels (tenant, route, ...) for keys and telemetry.
+        endpoint: the endpoint of the current attempt, once picked.
+        tried: endpoints already tried in this call, most recent last.
+        pushback: the server's hint from the last attempt, in seconds: when to retry
+            (``Retry-After``, ``grpc-retry-pushback-ms``); a negative value means "do not retry".
+        clock: the clock of the pipeline that runs the call.
+        classifier: what results and errors mean for this call.
+        listeners: where policies send their events (empty: no event is built).
+    """
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "classifier",
+        "clock",
+        "committed",
+        "deadline",
+        "endpoint",
+        "fn",
+        "hedge",
+        "idempotent",
+        "kwargs",
+        "listeners",
+        "method",
+        "pushback",
+        "service",
+        "tags",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        service: str = "",
+        method: str = "",
+        *,
+        deadline: float | None = None,
+        idempotent: bool = True,
+        tags: dict[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        classifier: Classifier = DEFAULT_CLASSIFIER,
+        listeners: tuple[Listener, ...] = (),
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.attempt = 1
+        self.hedge = 0
+        self.deadline = deadline
+        self.idempotent = idempotent
+        self.committed = False
+        self.tags = tags
+        self.endpoint: str | None = None
+        self.tried: list[str] | None = None
+        self.pushback: float | None = None
+        self.clock = clock
+        self.classifier = classifier
+        self.listeners = listeners
+        self.fn: Callable[..., Any] | None = None
+        self.args: tuple[Any, ...] | None = None
+        self.kwargs: dict[str, Any] | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds left until the deadline (may be negative), or ``None`` without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - self.clock.monotonic()
+
+    def set_timeout(self, seconds: float) -> None:
+        """Set the deadline ``seconds`` from now, keeping an earlier one."""
+        deadline = self.clock.monotonic() + seconds
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+
+    def fork(self) -> CallContext:
+        """A copy for a parallel attempt (a hedge): same call, its own attempt state."""
+        other = CallContext.__new__(CallContext)
+        for name in CallContext.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.tried = list(self.tried) if self.tried is not None else None
+        other.tags = dict(self.tags) if self.tags is not None else None
+        return other
+
+    def tag(self, key: str, default: str | None = None) -> str | None:
+        """The tag ``key``, or ``default``."""
+        if self.tags is None:
+            return default
+        return self.tags.get(key, default)
+
+    def __repr__(self) -> str:
+        return (
+            f"CallContext(service={self.service!r}, method={self.method!r}, "
+            f"attempt={self.attempt}, hedge={self.hedge}, endpoint={self.endpoint!r})"
+        )

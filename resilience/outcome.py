@@ -1,0 +1,72 @@
+"""What a call's result or error means for the backend.
+
+Adapters know their protocol (an HTTP 503 is a failure, a 404 is the caller's fault,
+a gRPC ``UNAVAILABLE`` is worth a retry); the core does not. A :class:`Classifier`
+carries that knowledge into the policies through the call context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+from .errors import RejectedError
+
+__all__ = ["DEFAULT_CLASSIFIER", "Classifier", "Outcome"]
+
+
+class Outcome(enum.IntEnum):
+    """How an attempt ended, from the backend's point of view."""
+
+    SUCCESS = 0
+    """The backend answered well."""
+    FAILURE = 1
+    """The backend failed or was too slow: counts against it."""
+    IGNORED = 2
+    """Neither: the caller's fault, a local rejection or a cancellation."""
+
+
+class Classifier:
+    """Classifies results and errors; adapters subclass it.
+
+    The default treats any returned value as a success, any :class:`Exception` as a
+    failure, and the library's own rejections (:class:`~resilience.RejectedError`) and
+    cancellations as ignored. A failure is retryable unless a subclass says otherwise.
+    """
+
+    __slots__ = ()
+
+    checks_results: bool = False
+    """Whether :meth:`result` can call a returned value a failure. When ``False`` (the
+    default), policies skip looking at results on the success path."""
+
+    def error(self, exc: BaseException) -> Outcome:
+        """The outcome of an attempt that raised ``exc``."""
+        if isinstance(exc, RejectedError) or not isinstance(exc, Exception):
+            return Outcome.IGNORED
+        return Outcome.FAILURE
+
+    def result(self, result: object) -> Outcome:
+        """The outcome of an attempt that returned ``result``."""
+        return Outcome.SUCCESS
+
+    def retryable_error(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised ``exc`` may be tried again."""
+        return self.error(exc) is Outcome.FAILURE
+
+    def retryable_result(self, result: object) -> bool:
+        """Whether an attempt that returned ``result`` should be tried again."""
+        return self.result(result) is Outcome.FAILURE
+
+    def discard(self, result: object) -> None:
+        """Release a result that is thrown away (e.g. close a response before a retry)."""
+
+    async def adiscard(self, result: object) -> None:
+        """Async twin of :meth:`discard`."""
+        self.discard(result)
+
+
+DEFAULT_CLASSIFIER = Classifier()
+
+# asyncio.CancelledError is a BaseException: the default classifier ignores it.
+assert not issubclass(asyncio.CancelledError, Exception)

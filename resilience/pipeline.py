@@ -1,0 +1,183 @@
+"""The :class:`Pipeline`: policies composed around a call."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .clock import SYSTEM_CLOCK, Clock
+from .context import CallContext
+from .events import Listener
+from .outcome import DEFAULT_CLASSIFIER, Classifier
+from .policy import AsyncNext, Policy, SyncNext
+
+__all__ = ["Pipeline"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _invoke(ctx: CallContext) -> Any:
+    fn = ctx.fn
+    assert fn is not None
+    args = ctx.args
+    if args is None:
+        return fn(ctx)
+    kwargs = ctx.kwargs
+    return fn(*args, **kwargs) if kwargs else fn(*args)
+
+
+class Pipeline:
+    """Policies composed around a call; the first policy given is the outermost.
+
+    The recommended order, outermost first::
+
+        Pipeline(Fallback(...), Timeout(total), Retry(...), Hedge(...), CircuitBreaker(...),
+                 RateLimit(...), Bulkhead(...), Timeout(per_attempt))
+
+    A :class:`~resilience.Timeout` outside the :class:`~resilience.Retry` bounds the whole
+    call; one inside bounds each attempt.
+
+    Use it with :meth:`call` (sync), :meth:`acall` (asyncio), or as a decorator on either
+    kind of function. Adapters that need the context in each attempt use
+    :meth:`execute` / :meth:`aexecute` with a function of the context.
+
+    Args:
+        *policies: the policies, outermost first.
+        clock: the time source for every policy of this pipeline (default: the real clock).
+        listeners: callables that receive every event of the pipeline's policies.
+        classifier: what results and errors mean (default: exceptions are failures).
+        service: the service name put in each call's context.
+        method: the method name put in each call's context.
+    """
+
+    __slots__ = (
+        "_async_chain",
+        "_sync_chain",
+        "classifier",
+        "clock",
+        "listeners",
+        "method",
+        "policies",
+        "service",
+    )
+
+    def __init__(
+        self,
+        *policies: Policy,
+        clock: Clock = SYSTEM_CLOCK,
+        listeners: Iterable[Listener] = (),
+        classifier: Classifier = DEFAULT_CLASSIFIER,
+        service: str = "",
+        method: str = "",
+    ) -> None:
+        for i, policy in enumerate(policies):
+            if not isinstance(policy, Policy):
+                raise TypeError(f"policies[{i}] must be a resilience Policy, got {policy!r}")
+        self.policies: tuple[Policy, ...] = policies
+        self.clock = clock
+        self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self.classifier = classifier
+        self.service = service
+        self.method = method
+        sync_chain: SyncNext = _invoke
+        async_chain: AsyncNext = _invoke
+        for policy in reversed(policies):
+            sync_chain = policy.wrap(sync_chain)
+            async_chain = policy.wrap_async(async_chain)
+        self._sync_chain = sync_chain
+        self._async_chain = async_chain
+
+    def context(
+        self,
+        *,
+        service: str | None = None,
+        method: str | None = None,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        tags: dict[str, str] | None = None,
+    ) -> CallContext:
+        """A new context for one call of this pipeline (for :meth:`execute`)."""
+        ctx = CallContext(
+            self.service if service is None else service,
+            self.method if method is None else method,
+            idempotent=idempotent,
+            tags=tags,
+            clock=self.clock,
+            classifier=self.classifier,
+            listeners=self.listeners,
+        )
+        if timeout is not None:
+            ctx.deadline = self.clock.monotonic() + timeout
+        return ctx
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the sync callable ``fn(*args, **kwargs)`` through the policies."""
+        ctx = CallContext(
+            self.service,
+            self.method,
+            clock=self.clock,
+            classifier=self.classifier,
+            listeners=self.listeners,
+        )
+        ctx.fn = fn
+        ctx.args = args
+        ctx.kwargs = kwargs
+        result: T = self._sync_chain(ctx)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the async callable ``await fn(*args, **kwargs)`` through the policies."""
+        ctx = CallContext(
+            self.service,
+            self.method,
+            clock=self.clock,
+            classifier=self.classifier,
+            listeners=self.listeners,
+        )
+        ctx.fn = fn
+        ctx.args = args
+        ctx.kwargs = kwargs
+        result: T = await self._async_chain(ctx)
+        return result
+
+    def execute(self, fn: Callable[[CallContext], T], ctx: CallContext) -> T:
+        """Run ``fn(ctx)`` through the policies; ``fn`` sees each attempt's context."""
+        ctx.fn = fn
+        ctx.args = None
+        result: T = self._sync_chain(ctx)
+        return result
+
+    async def aexecute(self, fn: Callable[[CallContext], Awaitable[T]], ctx: CallContext) -> T:
+        """Async twin of :meth:`execute`."""
+        ctx.fn = fn
+        ctx.args = None
+        result: T = await self._async_chain(ctx)
+        return result
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a sync or an async function so that every call runs through the policies."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.acall(fn, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(p.name for p in self.policies)})"
