@@ -1,0 +1,5 @@
+"""Picking an endpoint for each attempt."""
+
+from .base import Balancer, NoEndpointError, RoundRobin
+
+__all__ = ["Balancer", "NoEndpointError", "RoundRobin"]
