@@ -5,8 +5,10 @@ calls through it, or let the adapters in the ``interceptors`` package do it for 
 gRPC channels and httpx clients.
 """
 
-from .clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
+from .balancing import Balancer, NoEndpointError, RoundRobin
+from .clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock, TimerHandle
 from .context import CallContext
+from .discovery import Discovery, Endpoint, StaticDiscovery, Subscription
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -53,6 +55,7 @@ __all__ = [
     "SYSTEM_CLOCK",
     "AsyncNext",
     "Backoff",
+    "Balancer",
     "Bulkhead",
     "BulkheadFullError",
     "BulkheadRejected",
@@ -64,6 +67,8 @@ __all__ = [
     "Constant",
     "DeadlineExceededError",
     "DecorrelatedJitter",
+    "Discovery",
+    "Endpoint",
     "Event",
     "Exponential",
     "ExponentialJitter",
@@ -73,6 +78,7 @@ __all__ = [
     "FallbackUsed",
     "IsolatedCircuitError",
     "Listener",
+    "NoEndpointError",
     "Outcome",
     "Pipeline",
     "Policy",
@@ -84,10 +90,14 @@ __all__ = [
     "RetryBudgetExhaustedError",
     "RetryGaveUp",
     "RetryScheduled",
+    "RoundRobin",
+    "StaticDiscovery",
+    "Subscription",
     "SyncNext",
     "SystemClock",
     "ThrottledError",
     "Timeout",
     "TimeoutExpired",
+    "TimerHandle",
     "emit",
 ]
