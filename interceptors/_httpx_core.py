@@ -1,0 +1,792 @@
+"""The I/O-free half of the httpx transports: routes, contexts, classification, endpoints.
+
+:mod:`interceptors.httpx` holds the two thin executors (sync and asyncio); everything they
+share lives here, written once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fnmatch
+import math
+import re
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, TypedDict, TypeVar
+
+import httpx
+
+from resilience._validate import seconds
+from resilience.balancing.base import Balancer, RoundRobin
+from resilience.context import CallContext
+from resilience.discovery.base import Discovery, Endpoint, Subscription
+from resilience.errors import DeadlineExceededError, RejectedError
+from resilience.outcome import Classifier, Outcome
+from resilience.pipeline import Pipeline
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "EXTENSION",
+    "IDEMPOTENT_METHODS",
+    "HttpxClassifier",
+    "PipelineFactory",
+    "PolicySet",
+    "ResilienceExtension",
+    "Route",
+    "parse_retry_after",
+]
+
+EXTENSION = "resilience"
+"""The key of the per-request options in ``request.extensions``."""
+
+IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""HTTP methods that are safe to send twice (RFC 9110, section 9.2.2)."""
+
+DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset({429, *range(500, 600)})
+"""Statuses that count against the backend by default: 429 and every 5xx."""
+
+PipelineFactory = Callable[[str], Pipeline]
+"""Builds the pipeline of one service (called once per service name, then cached)."""
+
+PolicySet = Pipeline | PipelineFactory
+"""A pipeline shared by every service, or a factory giving each service its own."""
+
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+class ResilienceExtension(TypedDict, total=False):
+    """The shape of ``request.extensions["resilience"]``; every key is optional.
+
+    Example: ``client.post(url, json=..., extensions={"resilience": {"idempotent": True, "timeout": 2.0}})``.
+
+    Keys:
+        idempotent: ``True`` lets a non-idempotent method (POST, PATCH) be retried and hedged;
+            ``False`` forbids it for any method.
+        timeout: seconds for the whole call, every attempt and backoff included (> 0).
+        deadline: an absolute deadline on the pipeline clock's ``monotonic()``; the earlier of
+            ``timeout`` and ``deadline`` wins.
+        policy: the name of a policy set given to the transport's ``policies``.
+        service: the logical service name put in the call's context (default: the host).
+        tags: labels added to the call's context (for keys and telemetry).
+    """
+
+    idempotent: bool
+    timeout: float | timedelta
+    deadline: float
+    policy: str
+    service: str
+    tags: Mapping[str, str]
+
+
+_EXTENSION_KEYS = frozenset(ResilienceExtension.__annotations__)
+
+
+# -- classification ------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str, now_wall: float) -> float | None:
+    """A ``Retry-After`` value as seconds from now, or ``None`` when it cannot be read.
+
+    Both forms of RFC 9110 are understood: delay seconds (``"120"``; a decimal is tolerated)
+    and an HTTP date (``"Wed, 21 Oct 2015 07:28:00 GMT"``), read against ``now_wall`` (seconds
+    since the epoch, from the call's clock). A date in the past gives ``0.0``.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if text[0].isdigit():
+        try:
+            delay = float(text)
+        except ValueError:
+            return None
+        return delay if math.isfinite(delay) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+class HttpxClassifier(Classifier):
+    """What httpx responses and errors mean for the backend.
+
+    - A response whose status is in ``failure_statuses`` (default 429 and every 5xx) is a
+      failure; any other status >= 400 is the caller's fault (:data:`Outcome.IGNORED`): it
+      neither trips a breaker nor is retried; 1xx-3xx are successes.
+    - Transport errors (connection refused or reset, timeouts, a server that hangs up) are
+      failures; errors made on our side (an unsupported scheme, an invalid URL, a local
+      protocol error, a request body already consumed) and the library's own rejections
+      are ignored.
+
+    A response that is thrown away (before a retry, or a losing hedge) is closed, so its
+    connection goes back to the pool or is dropped. A small error body whose length is
+    known (at most ``drain_limit`` bytes) is read first, which lets HTTP/1.1 reuse the
+    connection instead of opening a new one for the retry.
+
+    Args:
+        failure_statuses: statuses that count against the backend (default 429 and 500-599).
+        retryable_statuses: the failure statuses worth a retry (default: all of
+            ``failure_statuses``); must be a subset of them.
+        drain_limit: the largest error body, in bytes, read before closing a discarded
+            response, >= 0 (default 65536; 0 never reads).
+    """
+
+    __slots__ = ("drain_limit", "failure_statuses", "retryable_statuses")
+
+    checks_results = True
+
+    def __init__(
+        self,
+        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
+        *,
+        retryable_statuses: Collection[int] | None = None,
+        drain_limit: int = 65536,
+    ) -> None:
+        self.failure_statuses = _statuses("failure_statuses", failure_statuses)
+        if retryable_statuses is None:
+            self.retryable_statuses = self.failure_statuses
+        else:
+            self.retryable_statuses = _statuses("retryable_statuses", retryable_statuses)
+            extra = self.retryable_statuses - self.failure_statuses
+            if extra:
+                raise ValueError(f"retryable_statuses must be a subset of failure_statuses, got extra {sorted(extra)}")
+        if isinstance(drain_limit, bool) or not isinstance(drain_limit, int) or drain_limit < 0:
+            raise ValueError(f"drain_limit must be an integer >= 0, got {drain_limit!r}")
+        self.drain_limit = drain_limit
+
+    def error(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, httpx.TransportError):
+            if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+                return Outcome.IGNORED
+            return Outcome.FAILURE
+        if isinstance(exc, httpx.InvalidURL | httpx.StreamError | RejectedError) or not isinstance(exc, Exception):
+            return Outcome.IGNORED
+        return Outcome.FAILURE
+
+    def result(self, result: object) -> Outcome:
+        status: int = result.status_code if isinstance(result, httpx.Response) else 200
+        if status in self.failure_statuses:
+            return Outcome.FAILURE
+        return Outcome.IGNORED if status >= 400 else Outcome.SUCCESS
+
+    def retryable_result(self, result: object) -> bool:
+        return isinstance(result, httpx.Response) and result.status_code in self.retryable_statuses
+
+    def _drainable(self, response: httpx.Response) -> bool:
+        if not self.drain_limit:
+            return False
+        length = response.headers.get("content-length")
+        return length is not None and length.isdigit() and int(length) <= self.drain_limit
+
+    def discard(self, result: object) -> None:
+        if not isinstance(result, httpx.Response) or result.is_closed:
+            return
+        if not isinstance(result.stream, httpx.SyncByteStream):
+            return  # an async response cannot be closed from sync code; adiscard does it
+        try:
+            if self._drainable(result):
+                for _ in result.iter_raw():
+                    pass
+        except Exception:  # the body is thrown away anyway; closing below is what matters
+            pass
+        finally:
+            result.close()
+
+    async def adiscard(self, result: object) -> None:
+        if not isinstance(result, httpx.Response) or result.is_closed:
+            return
+        if not isinstance(result.stream, httpx.AsyncByteStream):
+            self.discard(result)
+            return
+        try:
+            if self._drainable(result):
+                async for _ in result.aiter_raw():
+                    pass
+        except Exception:
+            pass
+        finally:
+            await result.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpxClassifier(failure_statuses={_ranges(self.failure_statuses)})"
+
+
+def _statuses(name: str, value: Collection[int]) -> frozenset[int]:
+    if isinstance(value, str | bytes) or not isinstance(value, Collection):
+        raise TypeError(f"{name} must be a collection of HTTP status codes, got {value!r}")
+    for status in value:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"{name} must hold status codes in [100, 599], got {status!r}")
+    return frozenset(value)
+
+
+def _ranges(statuses: frozenset[int]) -> str:
+    out: list[str] = []
+    for status in sorted(statuses):
+        if out and out[-1].endswith(f"-{status - 1}"):
+            out[-1] = f"{out[-1].rsplit('-', 1)[0]}-{status}"
+        elif out and out[-1] == str(status - 1):
+            out[-1] = f"{status - 1}-{status}"
+        else:
+            out.append(str(status))
+    return "{" + ", ".join(out) + "}"
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One rule of a transport's routing table: which requests get which policy set.
+
+    Rules are tried in order; the first one whose ``host``, ``path`` and ``methods`` all
+    match decides. A request that no rule matches gets the transport's default pipeline.
+    Every field is plain data, so a configuration file can describe the table.
+
+    Attributes:
+        policy: the policy set: a name from the transport's ``policies``, a
+            :class:`~resilience.Pipeline`, a factory ``service -> Pipeline``, or ``None``
+            for the transport's default (default ``None``).
+        host: a glob on the URL's host, case-insensitive (``"api.example.com"``,
+            ``"*.internal"``); ``None`` matches any host (default).
+        path: a glob on the whole URL path (``"/orders/*"``; ``*`` also matches ``/``), or a
+            regular expression when it starts with ``^`` (``"^/v[12]/items/\\d+$"``) or is a
+            compiled pattern (matched from the start); ``None`` matches any path (default).
+        methods: the HTTP methods matched (any case); ``None`` matches all (default).
+        name: the method name put in the call's context (``ctx.method``), e.g. ``"get-order"``;
+            ``None`` uses ``"<METHOD> <path>"`` (default).
+        service: the logical service name put in the call's context; ``None`` uses the
+            host (default).
+        idempotent: forces the call to be treated as idempotent (``True``) or not
+            (``False``); ``None`` decides by method and ``Idempotency-Key`` (default).
+        timeout: a deadline for the whole call, in seconds or a ``timedelta`` (> 0);
+            ``None`` for none (default). A request's own ``timeout`` extension wins.
+        tags: labels put in the call's context (default none).
+    """
+
+    policy: str | Pipeline | Callable[[str], Pipeline] | None = None
+    host: str | None = None
+    path: str | re.Pattern[str] | None = None
+    methods: Collection[str] | None = None
+    name: str | None = None
+    service: str | None = None
+    idempotent: bool | None = None
+    timeout: float | timedelta | None = None
+    tags: Mapping[str, str] | None = None
+    _host_re: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
+    _path_re: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
+    _path_full: bool = field(init=False, default=False, repr=False, compare=False)
+    _methods: frozenset[str] | None = field(init=False, default=None, repr=False, compare=False)
+    _timeout: float | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.host is not None:
+            if not isinstance(self.host, str) or not self.host:
+                raise ValueError(f"host must be a non-empty host glob or None, got {self.host!r}")
+            object.__setattr__(self, "_host_re", re.compile(fnmatch.translate(self.host), re.IGNORECASE))
+        path = self.path
+        if isinstance(path, re.Pattern):
+            object.__setattr__(self, "_path_re", path)
+        elif isinstance(path, str):
+            if not path:
+                raise ValueError("path must be a non-empty glob or pattern, or None, got ''")
+            if path.startswith("^"):
+                try:
+                    object.__setattr__(self, "_path_re", re.compile(path))
+                except re.error as exc:
+                    raise ValueError(f"path is not a valid regular expression: {path!r} ({exc})") from None
+            else:
+                object.__setattr__(self, "_path_re", re.compile(fnmatch.translate(path)))
+                object.__setattr__(self, "_path_full", True)
+        elif path is not None:
+            raise TypeError(f"path must be a glob, a pattern or None, got {path!r}")
+        if self.methods is not None:
+            if isinstance(self.methods, str):
+                raise TypeError(f"methods must be a collection of method names, got the string {self.methods!r}")
+            methods = frozenset(m.upper() for m in self.methods)
+            if not methods:
+                raise ValueError("methods must name at least one method, or be None for all")
+            object.__setattr__(self, "_methods", methods)
+        if self.timeout is not None:
+            object.__setattr__(self, "_timeout", seconds("timeout", self.timeout))
+        if self.idempotent is not None and not isinstance(self.idempotent, bool):
+            raise TypeError(f"idempotent must be a bool or None, got {self.idempotent!r}")
+        policy = self.policy
+        if policy is not None and not isinstance(policy, str | Pipeline) and not callable(policy):
+            raise TypeError(f"policy must be a policy set name, a Pipeline, a factory or None, got {policy!r}")
+
+    def matches(self, host: str, method: str, path: str) -> bool:
+        """Whether a request for ``method`` ``host`` ``path`` falls under this rule."""
+        if self._methods is not None and method not in self._methods:
+            return False
+        if self._host_re is not None and self._host_re.match(host) is None:
+            return False
+        if self._path_re is not None:
+            found = self._path_re.match(path)
+            if found is None or (self._path_full and found.end() != len(path)):
+                return False
+        return True
+
+
+class _PolicySet:
+    """A pipeline, or a factory with its pipelines cached per service."""
+
+    __slots__ = ("_factory", "_lock", "_pipelines", "name", "pipeline")
+
+    def __init__(self, name: str, value: object) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._pipelines: dict[str, Pipeline] = {}
+        if isinstance(value, Pipeline):
+            self.pipeline: Pipeline | None = value
+            self._factory: PipelineFactory | None = None
+        elif callable(value):
+            self.pipeline = None
+            self._factory = value
+        else:
+            raise TypeError(f"policy set {name!r} must be a Pipeline or a factory service -> Pipeline, got {value!r}")
+
+    def get(self, service: str) -> Pipeline:
+        pipeline = self.pipeline
+        if pipeline is not None:
+            return pipeline
+        pipeline = self._pipelines.get(service)
+        if pipeline is not None:
+            return pipeline
+        assert self._factory is not None
+        made = self._factory(service)  # user code: never under our lock
+        if not isinstance(made, Pipeline):
+            raise TypeError(f"policy set {self.name!r}: the factory returned {made!r} for {service!r}, not a Pipeline")
+        with self._lock:
+            return self._pipelines.setdefault(service, made)
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+def replayable(stream: object) -> bool:
+    """Whether a request body can be sent again: bytes, or a multipart form of seekable files."""
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    fields = getattr(stream, "fields", None)
+    if type(stream).__name__ == "MultipartStream" and isinstance(fields, list):
+        # httpx rewinds each file before sending it; that works for seekable files only.
+        for part in fields:
+            file = getattr(part, "file", None)
+            if file is not None and not isinstance(file, str | bytes):
+                seekable = getattr(file, "seekable", None)
+                if seekable is None or not seekable():
+                    return False
+        return True
+    return False
+
+
+class _OnceBody:
+    """Marks the call committed when a non-replayable body starts to go out."""
+
+    __slots__ = ("ctx", "started")
+
+    def __init__(self) -> None:
+        self.ctx: CallContext | None = None
+        self.started = False
+
+    def start(self) -> None:
+        if self.started:
+            raise httpx.StreamConsumed()
+        self.started = True
+        if self.ctx is not None:
+            self.ctx.committed = True
+
+
+class OnceSyncStream(httpx.SyncByteStream, _OnceBody):
+    """A sync request body that can be sent once: a second send raises ``StreamConsumed``."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: httpx.SyncByteStream) -> None:
+        _OnceBody.__init__(self)
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.start()
+        yield from self.inner
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class OnceAsyncStream(httpx.AsyncByteStream, _OnceBody):
+    """An async request body that can be sent once."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        _OnceBody.__init__(self)
+        self.inner = inner
+
+    async def __aiter__(self) -> Any:
+        self.start()
+        async for chunk in self.inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Entry(Generic[T]):
+    """One endpoint's inner transport and the requests using it (attempts and open bodies)."""
+
+    __slots__ = ("address", "inflight", "retired", "transport")
+
+    def __init__(self, address: str, transport: T) -> None:
+        self.address = address
+        self.transport = transport
+        self.inflight = 0
+        self.retired = False
+
+
+class EndpointTransports(Generic[T]):
+    """The inner transports per endpoint: made on first use, closed when discovery drops them.
+
+    One connection pool per endpoint keeps httpcore's pool bookkeeping small (its cost
+    grows with connections times waiting requests). An endpoint that leaves discovery is
+    retired: its transport is closed as soon as no attempt or open response uses it.
+    Retired transports are handed to ``close`` (sync) or queued in :attr:`pending` for the
+    async transport to close in its event loop.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        factory: Callable[[Endpoint], T],
+        close: Callable[[T], None] | None,
+    ) -> None:
+        self._discovery = discovery
+        self._factory = factory
+        self._close = close
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry[T]] = {}
+        self._known: dict[str, frozenset[str]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self.pending: list[T] = []
+        self.closed = False
+
+    def watch(self, service: str) -> None:
+        """Follow ``service``'s endpoint list (once per service)."""
+        if service in self._subscriptions:
+            return
+        unsubscribe = self._discovery.subscribe(service, lambda endpoints: self._changed(service, endpoints))
+        with self._lock:
+            if service not in self._subscriptions and not self.closed:
+                self._subscriptions[service] = unsubscribe
+                self._known.setdefault(service, frozenset(e.address for e in self._discovery.endpoints(service)))
+                return
+        unsubscribe()
+
+    def watching(self, service: str) -> bool:
+        return service in self._subscriptions
+
+    def acquire(self, endpoint: Endpoint) -> _Entry[T]:
+        address = endpoint.address
+        with self._lock:
+            entry = self._entries.get(address)
+            if entry is not None:
+                entry.inflight += 1
+                return entry
+        transport = self._factory(endpoint)  # user code: never under our lock
+        with self._lock:
+            entry = self._entries.get(address)
+            if entry is None and not self.closed:
+                entry = self._entries[address] = _Entry(address, transport)
+                transport = None  # type: ignore[assignment]
+            if entry is not None:
+                entry.inflight += 1
+        if transport is not None:
+            self._retire(transport)  # lost a race, or closed meanwhile
+        if entry is None:
+            raise RuntimeError("the transport is closed")
+        return entry
+
+    def release(self, entry: _Entry[T]) -> T | None:
+        """The transport to close now that its last user left, if it was retired."""
+        with self._lock:
+            entry.inflight -= 1
+            if entry.retired and entry.inflight == 0:
+                return entry.transport
+        return None
+
+    def _changed(self, service: str, endpoints: Sequence[Endpoint]) -> None:
+        to_close: list[T] = []
+        with self._lock:
+            if self.closed:
+                return
+            self._known[service] = frozenset(e.address for e in endpoints)
+            alive = frozenset().union(*self._known.values())
+            for address in [a for a in self._entries if a not in alive]:
+                entry = self._entries.pop(address)
+                entry.retired = True
+                if entry.inflight == 0:
+                    to_close.append(entry.transport)
+        for transport in to_close:
+            self._retire(transport)
+
+    def _retire(self, transport: T) -> None:
+        if self._close is not None:
+            self._close(transport)
+        else:
+            with self._lock:
+                self.pending.append(transport)
+
+    def take_pending(self) -> list[T]:
+        with self._lock:
+            pending, self.pending = self.pending, []
+        return pending
+
+    def shutdown(self) -> list[T]:
+        """Stop watching; every transport to close (in use or not, retired or not)."""
+        with self._lock:
+            self.closed = True
+            subscriptions = list(self._subscriptions.values())
+            self._subscriptions.clear()
+            transports = [e.transport for e in self._entries.values()] + self.pending
+            self._entries.clear()
+            self.pending = []
+        for unsubscribe in subscriptions:
+            unsubscribe()
+        return transports
+
+    def addresses(self) -> list[str]:
+        """The endpoints that have a live transport now (for tests and diagnostics)."""
+        with self._lock:
+            return sorted(self._entries)
+
+
+# -- the per-call preparation, shared by both transports ---------------------------------
+
+
+class Router:
+    """Everything a transport decides about a request before and between attempts."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: PolicySet | None,
+        policies: Mapping[str, PolicySet] | None,
+        routes: Sequence[Route],
+        classifier: HttpxClassifier | None,
+        discovery: Discovery | None,
+        balancer: Balancer | None,
+        idempotent_methods: Collection[str],
+        rewrite_host_header: bool,
+    ) -> None:
+        self.default = _PolicySet("default", pipeline if pipeline is not None else Pipeline())
+        self.policies: dict[str, _PolicySet] = {}
+        for name, value in (policies or {}).items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"policy set names must be non-empty strings, got {name!r}")
+            self.policies[name] = _PolicySet(name, value)
+        if isinstance(routes, Route):
+            routes = (routes,)
+        self.routes: tuple[Route, ...] = tuple(routes)
+        self._route_sets: list[_PolicySet | None] = []
+        for i, route in enumerate(self.routes):
+            if not isinstance(route, Route):
+                raise TypeError(f"routes[{i}] must be a Route, got {route!r}")
+            self._route_sets.append(self._policy_set(route.policy, f"routes[{i}]"))
+        if classifier is not None and not isinstance(classifier, HttpxClassifier):
+            raise TypeError(f"classifier must be an HttpxClassifier, got {classifier!r}")
+        self.classifier = classifier if classifier is not None else HttpxClassifier()
+        if discovery is not None and not isinstance(discovery, Discovery):
+            raise TypeError(f"discovery must implement the Discovery protocol, got {discovery!r}")
+        self.discovery = discovery
+        if balancer is not None and not isinstance(balancer, Balancer):
+            raise TypeError(f"balancer must be a Balancer, got {balancer!r}")
+        self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        if isinstance(idempotent_methods, str):
+            raise TypeError(
+                f"idempotent_methods must be a collection of methods, got the string {idempotent_methods!r}"
+            )
+        self.idempotent_methods = frozenset(m.upper() for m in idempotent_methods)
+        self.rewrite_host_header = bool(rewrite_host_header)
+        self._discovered: set[str] = set()
+
+    def _policy_set(self, policy: object, where: str) -> _PolicySet | None:
+        if policy is None:
+            return None
+        if isinstance(policy, str):
+            found = self.policies.get(policy)
+            if found is None:
+                raise ValueError(f"{where}: unknown policy set {policy!r}; known: {sorted(self.policies)}")
+            return found
+        return _PolicySet(where, policy)
+
+    def begin(self, request: httpx.Request) -> tuple[Pipeline, CallContext, bool]:
+        """The pipeline and the context of a request, and whether it goes through discovery."""
+        method = request.method
+        url = request.url
+        host = url.host
+        options: Mapping[str, Any] | None = request.extensions.get(EXTENSION)
+        route: Route | None = None
+        policy_set: _PolicySet | None = None
+        if self.routes:
+            path = url.path
+            for i, candidate in enumerate(self.routes):
+                if candidate.matches(host, method, path):
+                    route = candidate
+                    policy_set = self._route_sets[i]
+                    break
+        service = host
+        idempotent: bool | None = None
+        timeout: float | None = None
+        tags: dict[str, str] | None = None
+        name: str | None = None
+        if route is not None:
+            if route.service is not None:
+                service = route.service
+            idempotent = route.idempotent
+            timeout = route._timeout
+            name = route.name
+            if route.tags:
+                tags = dict(route.tags)
+        deadline: float | None = None
+        if options is not None:
+            if not isinstance(options, Mapping):
+                raise TypeError(f'request.extensions["{EXTENSION}"] must be a dict, got {options!r}')
+            unknown = options.keys() - _EXTENSION_KEYS
+            if unknown:
+                raise ValueError(
+                    f'request.extensions["{EXTENSION}"] has unknown keys {sorted(unknown)}; '
+                    f"allowed: {sorted(_EXTENSION_KEYS)}"
+                )
+            if "policy" in options:
+                named = options["policy"]
+                policy_set = self.policies.get(named) if isinstance(named, str) else None
+                if policy_set is None:
+                    raise ValueError(f"unknown policy set {named!r}; known: {sorted(self.policies)}")
+            if "service" in options:
+                service = options["service"]
+                if not isinstance(service, str) or not service:
+                    raise ValueError(f"service must be a non-empty string, got {service!r}")
+            if "idempotent" in options:
+                idempotent = options["idempotent"]
+                if not isinstance(idempotent, bool):
+                    raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
+            if "timeout" in options:
+                timeout = seconds("timeout", options["timeout"])
+            if "deadline" in options:
+                deadline = options["deadline"]
+                if isinstance(deadline, bool) or not isinstance(deadline, int | float) or math.isnan(deadline):
+                    raise TypeError(f"deadline must be a number (pipeline clock's monotonic), got {deadline!r}")
+                deadline = float(deadline)
+            if options.get("tags"):
+                tags = {**(tags or {}), **options["tags"]}
+        pipeline = (policy_set or self.default).get(service)
+        if idempotent is None:
+            idempotent = method in self.idempotent_methods or "idempotency-key" in request.headers
+        clock = pipeline.clock
+        ctx = CallContext(
+            service,
+            name if name is not None else f"{method} {url.path}",
+            idempotent=idempotent,
+            tags=tags,
+            clock=clock,
+            classifier=self.classifier,
+            listeners=pipeline.listeners,
+        )
+        if timeout is not None:
+            deadline = clock.monotonic() + timeout if deadline is None else min(deadline, clock.monotonic() + timeout)
+        ctx.deadline = deadline
+        discovered = False
+        discovery = self.discovery
+        if discovery is not None:
+            if host in self._discovered:
+                discovered = True
+            elif discovery.endpoints(host):
+                # Once a service, always one: when its list empties, calls fail with
+                # NoEndpointError instead of going to a host of that name.
+                self._discovered.add(host)
+                discovered = True
+        return pipeline, ctx, discovered
+
+    def pick(self, ctx: CallContext, host: str) -> Endpoint:
+        """The endpoint of this attempt; records it in ``ctx.endpoint`` and ``ctx.tried``."""
+        assert self.discovery is not None
+        endpoint = self.balancer.pick(self.discovery.endpoints(host), ctx)
+        address = endpoint.address
+        ctx.endpoint = address
+        if ctx.tried is None:
+            ctx.tried = [address]
+        else:
+            ctx.tried.append(address)
+        return endpoint
+
+    def attempt_timeout(self, ctx: CallContext, user: Mapping[str, float | None] | None) -> dict[str, float | None]:
+        """The httpx timeout of one attempt: the user's, cut to what is left of the deadline."""
+        assert ctx.deadline is not None
+        remaining = ctx.deadline - ctx.clock.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"{ctx.service} {ctx.method}: the deadline passed before attempt {ctx.attempt} could start",
+                context=ctx,
+                timeout=0.0,
+            )
+        if user is None:
+            return {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
+        out: dict[str, float | None] = {}
+        for key in _TIMEOUT_KEYS:
+            value = user.get(key)
+            out[key] = remaining if value is None or value > remaining else value
+        return out
+
+    def pushback(self, ctx: CallContext, response: httpx.Response) -> None:
+        """Read ``Retry-After`` of a failed response into ``ctx.pushback``."""
+        if response.status_code in self.classifier.failure_statuses:
+            value = response.headers.get("retry-after")
+            if value is not None:
+                ctx.pushback = parse_retry_after(value, ctx.clock.wall())
+
+
+def endpoint_request(
+    request: httpx.Request,
+    endpoint: Endpoint | None,
+    extensions: dict[str, Any] | None,
+    *,
+    rewrite_host_header: bool,
+) -> httpx.Request:
+    """A shallow copy of ``request`` for one attempt, sent to ``endpoint`` with ``extensions``.
+
+    The body stream and the headers are shared (transports read them, never change them).
+    The ``Host`` header keeps the logical service name unless ``rewrite_host_header``.
+    """
+    copy: httpx.Request = object.__new__(httpx.Request)
+    copy.__dict__.update(request.__dict__)
+    if extensions is not None:
+        copy.extensions = extensions
+    if endpoint is not None:
+        copy.url = _url_with_endpoint(request.url, endpoint)
+        if request.url.scheme == "https" and "sni_hostname" not in copy.extensions:
+            copy.extensions = {**copy.extensions, "sni_hostname": request.url.host}
+        if rewrite_host_header:
+            headers = request.headers.copy()
+            headers["Host"] = endpoint.address
+            copy.headers = headers
+    return copy
+
+
+def _url_with_endpoint(url: httpx.URL, endpoint: Endpoint) -> httpx.URL:
+    # URL.copy_with re-parses the whole URL (about 13 µs); replacing host and port in the
+    # parsed form is a small fraction of that.
+    reference = getattr(url, "_uri_reference", None)
+    replace = getattr(reference, "_replace", None)
+    if replace is not None:
+        new: httpx.URL = object.__new__(httpx.URL)
+        new._uri_reference = replace(host=endpoint.host.lower(), port=endpoint.port)
+        return new
+    return url.copy_with(host=endpoint.host, port=endpoint.port)  # pragma: no cover - other httpx versions
