@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections import deque
@@ -144,6 +145,12 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     def __init__(self, owner: HttpServer) -> None:
         self.owner = owner
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return  # the client went away first (a cancelled hedge, a timeout): expected here
+        super().handle_error(request, client_address)
 
 
 class HttpServer:

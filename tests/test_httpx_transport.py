@@ -810,3 +810,81 @@ def test_route_validation() -> None:
     assert not route.matches("example.com", "GET", "/a/b")
     assert not route.matches("api.example.com", "POST", "/a/b")
     assert not route.matches("api.example.com", "GET", "/b/a/x")
+
+
+# -- with the other policies -------------------------------------------------------------------
+
+
+async def test_a_breaker_opens_on_5xx_and_not_on_4xx(make: Callable[..., Harness], server: HttpServer) -> None:
+    from resilience.errors import CircuitOpenError
+    from resilience.policies.circuit_breaker import CircuitBreaker
+
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, break_duration=30, clock=clock)
+    client = make(pipeline=Pipeline(breaker, clock=clock))
+    server.default = Reply(404)
+    for _ in range(10):
+        assert (await client.get(server.url)).status_code == 404
+    server.default = Reply(503)
+    for _ in range(3):
+        assert (await client.get(server.url)).status_code == 503
+    with pytest.raises(CircuitOpenError):
+        await client.get(server.url)
+    assert len(server.requests) == 13
+    clock.advance(31)
+    server.default = Reply(200)
+    assert (await client.get(server.url)).status_code == 200  # the probe closes it again
+    assert (await client.get(server.url)).status_code == 200
+
+
+async def test_a_breaker_inside_retry_counts_each_attempt(make: Callable[..., Harness], server: HttpServer) -> None:
+    from resilience.errors import CircuitOpenError
+    from resilience.policies.circuit_breaker import CircuitBreaker
+
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, break_duration=30, clock=clock)
+    client = make(pipeline=Pipeline(Retry(5, budget=None), breaker, clock=clock))
+    server.default = Reply(drop=True)
+    with pytest.raises(CircuitOpenError):
+        await client.get(server.url)
+    assert len(server.requests) == 2  # the open breaker stopped the retries
+
+
+async def test_a_hedged_get_goes_to_another_endpoint(make: Callable[..., Harness], servers: list[HttpServer]) -> None:
+    from resilience.policies.hedge import Hedge
+
+    hedge = Hedge(delay=0.02, budget=None)
+    spy = Spy()
+    servers[0].default = Reply(body=b"slow", delay=0.3)
+    discovery = StaticDiscovery({"orders": [s.address for s in servers[:2]]})
+    client = make(pipeline=Pipeline(hedge, spy), discovery=discovery)
+    try:
+        start = time.monotonic()
+        response = await client.get("http://orders/")
+        assert response.text == "server-1"
+        assert time.monotonic() - start < 0.25
+        assert [c.hedge for c in spy.contexts] == [0, 1]
+        assert spy.contexts[1].endpoint == servers[1].address
+        assert spy.contexts[0].tried == [servers[0].address, servers[1].address]  # the winner's, copied back
+
+        # A POST is not hedged: it waits for the slow endpoint.
+        spy.contexts.clear()
+        response = await client.request("POST", "http://orders/", content=b"x")
+        assert response.text == "slow"
+        assert [c.hedge for c in spy.contexts] == [0]
+    finally:
+        hedge.close()
+
+
+async def test_a_rate_limit_rejects_before_sending(make: Callable[..., Harness], server: HttpServer) -> None:
+    from resilience.errors import RateLimitedError
+    from resilience.policies.token_bucket import TokenBucket
+
+    clock = FakeClock()
+    client = make(pipeline=Pipeline(TokenBucket(rate=1.0, burst=2), clock=clock))
+    await client.get(server.url)
+    await client.get(server.url)
+    with pytest.raises(RateLimitedError) as caught:
+        await client.get(server.url)
+    assert caught.value.retry_after == pytest.approx(1.0)
+    assert len(server.requests) == 2
