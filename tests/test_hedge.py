@@ -8,7 +8,20 @@ from typing import Any
 
 import pytest
 
-from resilience import CallContext, Classifier, Event, FakeClock, Outcome, Pipeline, RejectedError, RetryBudget
+from resilience import (
+    CallContext,
+    Classifier,
+    Constant,
+    DeadlineExceededError,
+    Event,
+    FakeClock,
+    Outcome,
+    Pipeline,
+    RejectedError,
+    Retry,
+    RetryBudget,
+    Timeout,
+)
 from resilience.policies.hedge import Hedge, HedgeAttemptFailed, HedgeStarted, HedgeWon
 
 
@@ -298,6 +311,92 @@ async def test_cancelling_the_call_cancels_every_attempt(clock: FakeClock) -> No
     clock.advance(1.0)  # the timer of the second hedge is gone too
     await settle()
     assert len(backend.started) == 2
+
+
+async def test_a_total_timeout_outside_cancels_every_attempt(clock: FakeClock) -> None:
+    pipeline = Pipeline(Timeout(1), Hedge(0.05, budget=None), clock=clock)
+    backend = Backend(clock)
+    call = asyncio.create_task(pipeline.aexecute(backend, pipeline.context()))
+    await settle()
+    clock.advance(0.05)
+    await settle()
+    clock.advance(0.95)
+    with pytest.raises(DeadlineExceededError):
+        await call
+    assert sorted(backend.cancelled) == [0, 1]
+
+
+async def test_a_primary_that_turns_our_cancellation_into_an_error_still_loses(clock: FakeClock) -> None:
+    events: list[Event] = []
+    pipeline = Pipeline(Hedge(0.05, budget=None), clock=clock, listeners=[events.append])
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def attempt(ctx: CallContext) -> str:
+        if ctx.hedge:
+            return await gate
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionAbortedError("transport closed") from None
+        return "unreachable"
+
+    async def caller() -> tuple[str, int]:
+        result = await pipeline.aexecute(attempt, pipeline.context())
+        task = asyncio.current_task()
+        assert task is not None
+        return result, task.cancelling()
+
+    call = asyncio.create_task(caller())
+    await settle()
+    clock.advance(0.05)
+    await settle()
+    gate.set_result("hedge")
+    assert await call == ("hedge", 0)  # no cancellation left pending on the caller's task
+    assert [e.hedge for e in events if isinstance(e, HedgeWon)] == [1]
+
+
+async def test_a_primary_that_swallows_our_cancellation_has_its_result_discarded(clock: FakeClock) -> None:
+    classifier = ResultClassifier()
+    pipeline = Pipeline(Hedge(0.05, budget=None), clock=clock, classifier=classifier)
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def attempt(ctx: CallContext) -> str:
+        if ctx.hedge:
+            return await gate
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "primary, stubbornly"
+        return "unreachable"
+
+    async def caller() -> tuple[str, int]:
+        result = await pipeline.aexecute(attempt, pipeline.context())
+        task = asyncio.current_task()
+        assert task is not None
+        return result, task.cancelling()
+
+    call = asyncio.create_task(caller())
+    await settle()
+    clock.advance(0.05)
+    await settle()
+    gate.set_result("hedge")
+    assert await call == ("hedge", 0)
+    assert classifier.discarded == ["primary, stubbornly"]
+
+
+async def test_retry_outside_sees_one_failure_per_hedged_call(clock: FakeClock) -> None:
+    pipeline = Pipeline(Retry(2, backoff=Constant(0), budget=None), Hedge(0.05, budget=None), clock=clock)
+    seen: list[tuple[int, int]] = []
+
+    async def attempt(ctx: CallContext) -> str:
+        seen.append((ctx.attempt, ctx.hedge))
+        if ctx.attempt == 1:
+            raise ConnectionError("down")
+        return "second try"
+
+    assert await pipeline.aexecute(attempt, pipeline.context()) == "second try"
+    # Attempt 1: the primary fails at once, its hedge starts at once and fails too.
+    assert seen == [(1, 0), (1, 1), (2, 0)]
 
 
 class ResultClassifier(Classifier):

@@ -291,13 +291,19 @@ class _AsyncRace(_Race):
         value: Any = None
         try:
             value = await self.next(fork)
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise  # only the race cancels a hedge, once the call is decided
+        except BaseException as exc:  # even KeyboardInterrupt must count it out, or the call would wait forever
             error = exc
             ok, retryable = False, _judge_error(fork, exc)
         else:
             ok, retryable = _judge_result(fork, value)
         now = fork.clock.monotonic()
         action, replacement = self.finish(fork.hedge, ok, retryable, value, error, now - start, now)
+        if error is not None and not isinstance(error, Exception):
+            if action == _END:
+                self.wake()
+            raise error
         if action == _WIN:
             if self.primary_running:
                 self.cancelled_primary = True
@@ -549,6 +555,7 @@ class Hedge(Policy):
     """
 
     __slots__ = (
+        "_learnt",
         "_lock",
         "_pool",
         "_samples",
@@ -601,22 +608,23 @@ class Hedge(Policy):
         self.rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
         self._samples = _LatencyWindow(self.window)
+        self._learnt: float | None = None  # the percentile delay, once min_samples are in
         self._pool = _WorkerPool(self.max_workers, f"{self.name}-worker")
 
     # -- the decision core ------------------------------------------------------------------
 
     def current_delay(self) -> float | None:
         """The delay a call starting now would wait before its first hedge (``None``: no hedge)."""
-        if self.percentile is None:
-            return self.delay
-        with self._lock:
-            if len(self._samples) < self.min_samples:
-                return self.delay
-            return max(self.min_delay, self._samples.percentile(self.percentile))
+        learnt = self._learnt
+        return self.delay if learnt is None else learnt
 
     def _observe(self, latency: float) -> None:
+        """Take one latency sample; the percentile delay is recomputed here, not per call."""
+        samples = self._samples
         with self._lock:
-            self._samples.add(latency)
+            samples.add(latency)
+            if len(samples) >= self.min_samples:
+                self._learnt = max(self.min_delay, samples.percentile(self.percentile))  # type: ignore[arg-type]
 
     def _begin(self, ctx: CallContext, start: float) -> float | None:
         """A hedgeable call starts: count it in the budget; its delay, or ``None`` if it won't be hedged."""
@@ -694,6 +702,8 @@ class Hedge(Policy):
                         raise
                     # A hedge won and cancelled the primary: its value is the answer.
                 except Exception as exc:
+                    if race.cancelled_primary:
+                        task.uncancel()  # it turned our cancellation into an error of its own
                     now = clock.monotonic()
                     _, fork = race.finish(0, False, _judge_error(ctx, exc), None, exc, now - start, now)
                     if fork is not None:
