@@ -353,6 +353,7 @@ class RedisBreakerState:
                 if core.clock.monotonic() >= next_poll:
                     self._poll(client)
                     next_poll = core.clock.monotonic() + core.poll_interval
+            self._publish(client, script)  # closing: still tell the others of a last transition
         finally:
             with contextlib.suppress(Exception):
                 pubsub.close()
@@ -386,6 +387,7 @@ class AsyncRedisBreakerState:
         self._url = url
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
 
     @property
     def key(self) -> str:
@@ -407,6 +409,7 @@ class AsyncRedisBreakerState:
         if self._core.breaker is None:
             raise RuntimeError("attach this shared state to a CircuitBreaker (shared=...) before starting it")
         if self._task is None or self._task.done():
+            self._stop = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"resilience-breaker-{self.key}")
 
     async def wait_connected(self, seconds: float) -> bool:
@@ -418,9 +421,14 @@ class AsyncRedisBreakerState:
         return True
 
     async def aclose(self) -> None:
-        """Stop the background task (the breaker goes on working locally)."""
+        """Stop the background task, after it published a last transition (the breaker goes on locally)."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self._stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._core.socket_timeout + self._core.tick + 1.0)
+        except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -438,12 +446,13 @@ class AsyncRedisBreakerState:
 
     async def _run(self) -> None:
         core = self._core
-        while True:
+        while not self._stop.is_set():
             try:
                 await self._session()
             except Exception as exc:  # never let the worker die: the breaker must not notice
                 self._connected.clear()
-                await asyncio.sleep(core.lost(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), core.lost(exc))
 
     async def _publish(self, client: aioredis.Redis, script: Any) -> None:
         core = self._core
@@ -480,12 +489,14 @@ class AsyncRedisBreakerState:
                     break
                 if core.clock.monotonic() > deadline:
                     raise redis.TimeoutError("no confirmation of the subscription")
+                if self._stop.is_set():
+                    return
             core.connected()
             await self._publish(client, script)
             await self._poll(client)
             self._connected.set()
             next_poll = core.clock.monotonic() + core.poll_interval
-            while True:
+            while not self._stop.is_set():
                 if core.dirty:
                     await self._publish(client, script)
                 message = await pubsub.get_message(timeout=core.tick)
@@ -494,6 +505,7 @@ class AsyncRedisBreakerState:
                 if core.clock.monotonic() >= next_poll:
                     await self._poll(client)
                     next_poll = core.clock.monotonic() + core.poll_interval
+            await self._publish(client, script)  # closing: still tell the others of a last transition
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
