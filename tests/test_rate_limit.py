@@ -23,7 +23,7 @@ from limits.errors import StorageError
 
 from resilience import CallContext, Event, FakeClock, Pipeline, RateLimitedError
 from resilience.policies.rate_limit import (
-    STRATEGIES,
+    RATE_LIMIT_STRATEGIES,
     RateLimit,
     RateLimitRejected,
     RateLimitStorageState,
@@ -175,7 +175,7 @@ def test_sync_and_async_callers_share_one_memory_limit(lclock: FakeClock) -> Non
     assert [outcome(mode, pipeline) == "ok" for mode in modes] == [True] * 5 + [False] * 2
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", RATE_LIMIT_STRATEGIES)
 def test_sync_and_async_give_the_same_answers(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def play(mode: str) -> list[Any]:
         clock = FakeClock()
@@ -322,6 +322,27 @@ def test_a_sync_storage_object_needs_an_async_storage_for_async_callers(redis_se
     with pytest.raises(TypeError, match="asyncio callers need async_storage"):
         asyncio.run(pipeline.acall(asyncio.sleep, 0))
     storage.storage.close()
+
+
+def test_a_missing_async_driver_only_concerns_async_callers(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = limits.storage.storage_from_string
+
+    def no_async_driver(uri: str, **options: Any) -> Any:
+        if uri.startswith("async+"):
+            raise limits.errors.ConfigurationError("'coredis' prerequisite not available")
+        return real(uri, **options)
+
+    monkeypatch.setattr(limits.storage, "storage_from_string", no_async_driver)
+    limit = RateLimit("1/second", storage=redis_server.url, name=f"nd-{uuid.uuid4().hex}")
+    pipeline = Pipeline(limit)
+    try:
+        assert pipeline.call(int) == 0
+        with pytest.raises(TypeError, match=r"asyncio callers need async_storage.*'coredis' prerequisite"):
+            asyncio.run(pipeline.acall(_aint))
+    finally:
+        limit.close()
 
 
 # -- with a real Redis ------------------------------------------------------------------------

@@ -35,11 +35,11 @@ from ..events import Event, emit
 from ..policy import AsyncNext, Policy, SyncNext
 from .token_bucket import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key, rejection, wait_limit
 
-__all__ = ["STRATEGIES", "RateLimit", "RateLimitRejected", "RateLimitStorageState", "RateLimitWaited"]
+__all__ = ["RATE_LIMIT_STRATEGIES", "RateLimit", "RateLimitRejected", "RateLimitStorageState", "RateLimitWaited"]
 
 _log = logging.getLogger("resilience")
 
-STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 """The ``strategy`` names, as ``limits`` spells them."""
 
 _MIN_STEP = 0.001
@@ -139,7 +139,7 @@ class RateLimit(Policy):
         rate: a ``limits`` string (``"100/second"``, ``"10 per 5 minutes"``), an
             ``(amount, per_seconds)`` pair (amount >= 1, a whole number of seconds >= 1),
             or a ``limits.RateLimitItem``.
-        strategy: one of :data:`STRATEGIES` (default ``"moving-window"``).
+        strategy: one of :data:`RATE_LIMIT_STRATEGIES` (default ``"moving-window"``).
         storage: a storage URI or a sync ``limits`` storage (default ``"memory://"``).
         async_storage: a storage URI or a ``limits.aio`` storage for asyncio callers
             (default: derived from ``storage``, see above).
@@ -160,6 +160,7 @@ class RateLimit(Policy):
 
     __slots__ = (
         "_alimiter",
+        "_async_problem",
         "_down_until",
         "_errors",
         "_key",
@@ -192,8 +193,8 @@ class RateLimit(Policy):
     ) -> None:
         super().__init__(name)
         self.item = _parse_rate(rate)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if strategy not in RATE_LIMIT_STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(RATE_LIMIT_STRATEGIES)}, got {strategy!r}")
         self.strategy = strategy
         self._key = compile_key(key)
         self.mode = check_mode(mode)
@@ -208,13 +209,21 @@ class RateLimit(Policy):
         # An in-process memory storage never blocks: asyncio callers share it with sync ones.
         self._shared = isinstance(sync_storage, limits.storage.MemoryStorage) and async_storage is None
         self._alimiter: Any = None
+        self._async_problem = "when storage is a storage object other than memory"
         if not self._shared:
-            if async_storage is None and isinstance(storage, str):
-                async_storage = "async+" + storage
-            # else with a storage object and no async_storage: the first async call says what is missing
             if async_storage is not None:
                 astorage = self._build_storage("async_storage", async_storage, options, asynchronous=True)
                 self._alimiter = self._limiter("async_storage", limits.aio.strategies.STRATEGIES[strategy], astorage)
+            elif isinstance(storage, str):
+                # Derived from a sync URI: a missing async driver must not break sync callers,
+                # so a failure here is only reported to the first asyncio caller.
+                try:
+                    astorage = self._build_storage("async_storage", "async+" + storage, options, asynchronous=True)
+                    self._alimiter = self._limiter(
+                        "async_storage", limits.aio.strategies.STRATEGIES[strategy], astorage
+                    )
+                except ValueError as exc:
+                    self._async_problem = f"({exc})"
 
         errors: list[type[BaseException]] = [StorageError]
         for limiter in (self._sync_limiter, self._alimiter):
@@ -262,8 +271,7 @@ class RateLimit(Policy):
     def _async_limiter(self) -> Any:
         if self._alimiter is None:
             raise TypeError(
-                f"{self.name}: asyncio callers need async_storage (a limits.aio storage or URI) "
-                "when storage is a storage object other than memory"
+                f"{self.name}: asyncio callers need async_storage (a limits.aio storage or URI) {self._async_problem}"
             )
         return self._alimiter
 
