@@ -731,7 +731,10 @@ def test_closed_consecutive_hot_path_is_cheap() -> None:
 
 
 def test_modules_export_what_they_define() -> None:
-    for module in (cb_module, windows_module):
+    import resilience.policies.pybreaker_adapter as adapter_module
+    import resilience.shared.redis_breaker as redis_module
+
+    for module in (cb_module, windows_module, adapter_module, redis_module):
         public = {
             name
             for name, value in vars(module).items()
