@@ -15,7 +15,6 @@ through about twice what the backend accepts.
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from dataclasses import dataclass
@@ -124,9 +123,8 @@ class AdaptiveThrottle(Policy):
 
     # -- the decision core ---------------------------------------------------------------
 
-    def _advance(self, now: float) -> int:
-        """Move the window to ``now``, clearing buckets that fell out; the current tick. Lock held."""
-        tick = math.floor(now / self._width)
+    def _advance(self, tick: int) -> int:
+        """Move the window to ``tick``, clearing buckets that fell out; the current tick. Lock held."""
         last = self._tick
         if tick <= last:
             return last  # a late caller with an older ``now`` counts in the current bucket
@@ -148,8 +146,10 @@ class AdaptiveThrottle(Policy):
     def try_acquire(self, now: float) -> int | _Rejected:
         """Count a request at ``now`` and decide: a permit (an ``int``) to pass back to
         :meth:`record`, or a rejection (not an ``int``)."""
+        tick = int(now // self._width)
         with self._lock:
-            tick = self._advance(now)
+            if tick != self._tick:
+                tick = self._advance(tick)
             requests, accepts = self._requests_total, self._accepts_total
             self._requests[tick % self.buckets] += 1
             self._requests_total = requests + 1
@@ -165,8 +165,10 @@ class AdaptiveThrottle(Policy):
         refused or failed (``False``), or neither (``None``: its request is taken back)."""
         if accepted is False:
             return
+        tick = int(now // self._width)
         with self._lock:
-            tick = self._advance(now)
+            if tick != self._tick:
+                tick = self._advance(tick)
             if accepted:
                 self._accepts[tick % self.buckets] += 1
                 self._accepts_total += 1
@@ -177,7 +179,7 @@ class AdaptiveThrottle(Policy):
     def counts(self, now: float) -> tuple[int, int]:
         """``(requests, accepts)`` in the window at ``now``."""
         with self._lock:
-            self._advance(now)
+            self._advance(int(now // self._width))
             return self._requests_total, self._accepts_total
 
     def probability(self, now: float) -> float:
