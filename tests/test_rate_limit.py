@@ -316,6 +316,7 @@ def test_rate_forms() -> None:
     assert repr(RateLimit("1/second")) == "RateLimit('1 per 1 second', strategy='moving-window', mode='reject')"
 
 
+@pytest.mark.redis
 def test_a_sync_storage_object_needs_an_async_storage_for_async_callers(redis_server: RedisServer) -> None:
     storage = limits.storage.RedisStorage(redis_server.url)
     pipeline = Pipeline(RateLimit("1/second", storage=storage))
@@ -324,6 +325,7 @@ def test_a_sync_storage_object_needs_an_async_storage_for_async_callers(redis_se
     storage.storage.close()
 
 
+@pytest.mark.redis
 def test_a_missing_async_driver_only_concerns_async_callers(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
