@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 import math
 import queue
 import random
@@ -254,7 +255,7 @@ def _judge_result(ctx: CallContext, value: Any) -> tuple[bool, bool]:
 class _AsyncRace(_Race):
     """The asyncio executor: the primary runs in the caller's task, hedges in tasks of their own."""
 
-    __slots__ = ("cancelled_primary", "next", "task", "tasks", "timer", "waiter")
+    __slots__ = ("cancelled_primary", "context", "next", "task", "tasks", "timer", "waiter")
 
     def __init__(
         self, policy: Hedge, ctx: CallContext, delay: float, start: float, next: AsyncNext, task: asyncio.Task[Any]
@@ -266,6 +267,8 @@ class _AsyncRace(_Race):
         self.timer: TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.cancelled_primary = False
+        # Hedges run in the caller's context (tracing spans, ...), not in the timer's.
+        self.context = contextvars.copy_context()
 
     def arm(self) -> None:
         if self.timer is not None:
@@ -282,7 +285,8 @@ class _AsyncRace(_Race):
             self.launch(fork, now)
 
     def launch(self, fork: CallContext, now: float) -> None:
-        self.tasks.append(self.task.get_loop().create_task(self.run_hedge(fork, now)))
+        task = self.task.get_loop().create_task(self.run_hedge(fork, now), context=self.context.copy())
+        self.tasks.append(task)
         self.started(fork, now)
         self.arm()
 
@@ -414,7 +418,7 @@ class _WorkerPool:
 class _SyncRace(_Race):
     """The threads executor: every attempt runs on a worker; the caller waits for the first success."""
 
-    __slots__ = ("cond", "next", "pool")
+    __slots__ = ("cond", "context", "next", "pool")
 
     def __init__(
         self, policy: Hedge, ctx: CallContext, delay: float, start: float, next: SyncNext, pool: _WorkerPool
@@ -423,6 +427,8 @@ class _SyncRace(_Race):
         self.next = next
         self.pool = pool
         self.cond = threading.Condition(threading.Lock())
+        # Every attempt runs in a copy of the caller's context (tracing spans, ...).
+        self.context = contextvars.copy_context()
 
     def _reserve(self) -> bool:
         return self.pool.reserve()
@@ -431,7 +437,7 @@ class _SyncRace(_Race):
         self.pool.unreserve()
 
     def launch(self, fork: CallContext, start: float) -> None:
-        self.pool.start(lambda: self.run(fork, start))
+        self.pool.start(lambda: self.context.copy().run(self.run, fork, start))
 
     def run(self, attempt_ctx: CallContext, start: float) -> None:
         """One attempt, on a worker thread."""
@@ -672,7 +678,7 @@ class Hedge(Policy):
             if delay is None or not pool.reserve():
                 return self._unhedged(next(ctx), ctx, start)
             race = _SyncRace(self, ctx, delay, start, next, pool)
-            pool.start(lambda: race.run(ctx, start))
+            pool.start(lambda: race.context.run(race.run, ctx, start))
             race.wait()
             if race.winner > 0 and race.failed_value:
                 ctx.classifier.discard(race.final_value)
