@@ -1,0 +1,299 @@
+"""Resilience for ``grpc.aio`` channels: client interceptors for the four call kinds.
+
+Usage::
+
+    import grpc
+    from interceptors.grpc_aio import aio_interceptors
+    from interceptors._grpc_common import MethodPolicy
+    from resilience.pipeline import Pipeline
+    from resilience.policies.retry import Retry
+    from resilience.policies.timeout import Timeout
+
+    pipeline = Pipeline(Timeout(2.0), Retry(3))
+    channel = grpc.aio.insecure_channel(
+        "127.0.0.1:50051", interceptors=aio_interceptors(MethodPolicy(pipeline, idempotent=True))
+    )
+
+``grpc.aio`` registers an interceptor object that implements several call kinds for the
+first kind only, so :func:`aio_interceptors` returns one small object per kind, all
+sharing one policy table. Semantics are those of :mod:`interceptors.grpc`: one deadline
+over all attempts, ``x-grpc-previous-rpc-attempts`` on retries, server pushback, streams
+retried only until their first response message, request streams kept for a retry.
+
+A streaming call whose requests are sent with ``call.write()`` (no request iterator) goes
+out without policies: grpc.aio lets those writes through only once the interceptors have
+returned, so its outcome cannot be awaited inside them. Pass a request iterator instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from resilience.context import CallContext
+
+from ._grpc_common import (
+    PREVIOUS_ATTEMPTS_KEY,
+    GrpcPolicies,
+    MethodPolicy,
+    ResolvedMethod,
+    as_policies,
+)
+from .grpc import attempt_timeout, record_pushback
+
+__all__ = ["AioResilienceInterceptor", "aio_interceptors"]
+
+_NOTHING: Any = object()
+
+
+def aio_metadata(metadata: Any, ctx: CallContext) -> Any:
+    """``metadata`` plus the previous-attempts count when attempts came before this one."""
+    previous = ctx.attempt - 1 + ctx.hedge
+    if previous <= 0:
+        return metadata
+    items = [m for m in metadata if m[0] != PREVIOUS_ATTEMPTS_KEY] if metadata else []
+    items.append((PREVIOUS_ATTEMPTS_KEY, str(previous)))
+    return grpc.aio.Metadata(*items)
+
+
+def _attempt_details(details: Any, ctx: CallContext) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        attempt_timeout(ctx),
+        aio_metadata(details.metadata, ctx),
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+async def await_unary(call: Any, ctx: CallContext) -> Any:
+    """Wait for a unary response; a failed call raises (with its pushback recorded)."""
+    try:
+        await call
+    except grpc.RpcError as exc:
+        record_pushback(ctx, exc)
+        raise
+    except asyncio.CancelledError:
+        call.cancel()  # a timeout or a hedge that lost: stop the RPC too
+        raise
+    return call
+
+
+class StreamRest:
+    """The rest of a response stream after its first message, which was read in the attempt."""
+
+    __slots__ = ("_first", "_it")
+
+    def __init__(self, iterator: AsyncIterator[Any], first: Any) -> None:
+        self._it = iterator
+        self._first = first
+
+    def __aiter__(self) -> StreamRest:
+        return self
+
+    async def __anext__(self) -> Any:
+        first = self._first
+        if first is not _NOTHING:
+            self._first = _NOTHING
+            return first
+        return await self._it.__anext__()
+
+
+async def read_first(call: Any, ctx: CallContext) -> StreamRest:
+    """Wait for the first message of a response stream; an error before it fails the attempt."""
+    iterator = call.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first = _NOTHING
+    except grpc.RpcError as exc:
+        record_pushback(ctx, exc)
+        raise
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    ctx.committed = True
+    return StreamRest(iterator, first)
+
+
+class AsyncReplayableRequests:
+    """An async request stream recorded for retries (see :class:`ReplayableRequests`)."""
+
+    __slots__ = ("_aiter", "_buffer", "_ctx", "_done", "_iter", "_limit", "_lock", "_overflowed")
+
+    def __init__(self, source: Any, limit: int, ctx: CallContext) -> None:
+        if hasattr(source, "__aiter__"):
+            self._aiter: AsyncIterator[Any] | None = source.__aiter__()
+            self._iter = None
+        else:
+            self._aiter = None
+            self._iter = iter(source)
+        self._buffer: list[Any] = []
+        self._limit = limit
+        self._lock = asyncio.Lock()
+        self._done = False
+        self._overflowed = False
+        self._ctx = ctx
+
+    async def attempt(self) -> AsyncIterator[Any]:
+        if self._overflowed:
+            raise RuntimeError("request stream already partly sent and not kept: cannot replay")
+        index = 0
+        while True:
+            async with self._lock:
+                if index < len(self._buffer):
+                    item = self._buffer[index]
+                elif self._done:
+                    return
+                else:
+                    try:
+                        if self._aiter is not None:
+                            item = await self._aiter.__anext__()
+                        else:
+                            assert self._iter is not None
+                            item = next(self._iter)
+                    except (StopIteration, StopAsyncIteration):
+                        self._done = True
+                        return
+                    if len(self._buffer) < self._limit:
+                        self._buffer.append(item)
+                    else:
+                        self._overflowed = True
+                        self._ctx.committed = True
+            index += 1
+            yield item
+
+
+class AioResilienceInterceptor:
+    """Shared part of the four per-kind interceptors: the policy table and the call set-up."""
+
+    __slots__ = ("policies",)
+
+    def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None) -> None:
+        self.policies = as_policies(policies)
+
+    def _resolve(self, details: Any) -> ResolvedMethod:
+        method = details.method
+        if isinstance(method, bytes):
+            method = method.decode()
+        return self.policies.resolve(method)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.policies!r})"
+
+
+def _written(request_iterator: Any) -> bool:
+    """Whether the caller sends requests with ``call.write()`` rather than an iterator.
+
+    grpc.aio then lets ``write()`` proceed only once the interceptors have returned the
+    call, so such a call cannot be held for its outcome: it goes out without policies.
+    """
+    return getattr(request_iterator, "__qualname__", "").endswith("_proxy_writes_as_request_iterator")
+
+
+def _first_attempt(details: Any, ctx: CallContext, first_deadline: float | None) -> Any:
+    if ctx.attempt == 1 and ctx.hedge == 0 and ctx.deadline is first_deadline:
+        return details
+    return _attempt_details(details, ctx)
+
+
+class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+    __slots__ = ()
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+        resolved = self._resolve(client_call_details)
+        pipeline = resolved.pipeline
+        if pipeline is None:
+            return await continuation(client_call_details, request)
+        ctx = resolved.context(client_call_details.timeout)
+        first_deadline = ctx.deadline
+
+        async def attempt(ctx: CallContext) -> Any:
+            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), request)
+            return await await_unary(call, ctx)
+
+        return await pipeline.aexecute(attempt, ctx)
+
+
+class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    __slots__ = ()
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        resolved = self._resolve(client_call_details)
+        pipeline = resolved.pipeline
+        if pipeline is None:
+            return await continuation(client_call_details, request)
+        ctx = resolved.context(client_call_details.timeout)
+        first_deadline = ctx.deadline
+
+        async def attempt(ctx: CallContext) -> StreamRest:
+            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), request)
+            return await read_first(call, ctx)
+
+        return await pipeline.aexecute(attempt, ctx)
+
+
+class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    __slots__ = ()
+
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        resolved = self._resolve(client_call_details)
+        pipeline = resolved.pipeline
+        if pipeline is None or _written(request_iterator):
+            return await continuation(client_call_details, request_iterator)
+        ctx = resolved.context(client_call_details.timeout)
+        first_deadline = ctx.deadline
+        replay = AsyncReplayableRequests(request_iterator, resolved.buffer_limit, ctx) if resolved.replays else None
+
+        async def attempt(ctx: CallContext) -> Any:
+            requests = replay.attempt() if replay is not None else request_iterator
+            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), requests)
+            return await await_unary(call, ctx)
+
+        return await pipeline.aexecute(attempt, ctx)
+
+
+class _StreamStream(AioResilienceInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    __slots__ = ()
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        resolved = self._resolve(client_call_details)
+        pipeline = resolved.pipeline
+        if pipeline is None or _written(request_iterator):
+            return await continuation(client_call_details, request_iterator)
+        ctx = resolved.context(client_call_details.timeout)
+        first_deadline = ctx.deadline
+        replay = AsyncReplayableRequests(request_iterator, resolved.buffer_limit, ctx) if resolved.replays else None
+
+        async def attempt(ctx: CallContext) -> StreamRest:
+            requests = replay.attempt() if replay is not None else request_iterator
+            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), requests)
+            return await read_first(call, ctx)
+
+        return await pipeline.aexecute(attempt, ctx)
+
+
+def aio_interceptors(policies: GrpcPolicies | MethodPolicy | Any = None) -> list[grpc.aio.ClientInterceptor]:
+    """The four ``grpc.aio`` client interceptors, sharing one policy table.
+
+    Args:
+        policies: a :class:`~interceptors.grpc.GrpcPolicies` table, or a
+            :class:`~interceptors.grpc.MethodPolicy` or :class:`~resilience.Pipeline`
+            for every method (default: no policies).
+
+    Returns:
+        The list to pass as ``interceptors=`` to ``grpc.aio.insecure_channel`` (or
+        ``secure_channel``).
+    """
+    table = as_policies(policies)
+    return [_UnaryUnary(table), _UnaryStream(table), _StreamUnary(table), _StreamStream(table)]
