@@ -734,7 +734,11 @@ class Hedge(Policy):
                             race.launch(fork, now)
                 await race.wait()
             finally:
-                await race.cleanup()
+                if race.tasks:
+                    await race.cleanup()
+                elif race.timer is not None:
+                    race.timer.cancel()
+                    race.timer = None
             if race.winner > 0 and race.failed_value:
                 await ctx.classifier.adiscard(race.final_value)
             return race.conclude()
