@@ -71,16 +71,15 @@ def _attempt_details(details: Any, ctx: CallContext) -> grpc.aio.ClientCallDetai
 
 
 async def await_unary(call: Any, ctx: CallContext) -> Any:
-    """Wait for a unary response; a failed call raises (with its pushback recorded)."""
+    """The response of a unary-response call; a failed call raises (with its pushback recorded)."""
     try:
-        await call
+        return await call
     except grpc.RpcError as exc:
         record_pushback(ctx, exc)
         raise
     except asyncio.CancelledError:
         call.cancel()  # a timeout or a hedge that lost: stop the RPC too
         raise
-    return call
 
 
 class StreamRest:
@@ -214,7 +213,8 @@ class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor
 
         async def attempt(ctx: CallContext) -> Any:
             call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), request)
-            return await await_unary(call, ctx)
+            await await_unary(call, ctx)
+            return call
 
         return await pipeline.aexecute(attempt, ctx)
 
@@ -256,7 +256,8 @@ class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientIntercept
         async def attempt(ctx: CallContext) -> Any:
             requests = replay.attempt() if replay is not None else request_iterator
             call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), requests)
-            return await await_unary(call, ctx)
+            await await_unary(call, ctx)
+            return call
 
         return await pipeline.aexecute(attempt, ctx)
 

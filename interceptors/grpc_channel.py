@@ -1,0 +1,763 @@
+"""Discovery-aware gRPC channels (sync and ``grpc.aio``): one sub-channel per endpoint.
+
+grpcio cannot take a name resolver or a load-balancing policy written in Python, so this
+channel does the routing itself: every attempt of every call (retries and hedges
+included) asks the :class:`~resilience.balancing.Balancer` for an endpoint, avoiding those
+the call already tried when another one is there, and goes out on that endpoint's own
+channel. The endpoint list follows the :class:`~resilience.discovery.Discovery` source
+live; a removed endpoint's channel is closed once its calls in flight are over (or after
+``drain_timeout``), so no call is dropped by a change.
+
+The policies are applied by the channel itself, without grpc's interceptor machinery,
+which makes a call through it cheaper than through an intercepted channel. Generated
+stubs work as with any channel::
+
+    channel = resilient_channel("orders", StaticDiscovery({"orders": ["10.0.0.1:50051", "10.0.0.2:50051"]}),
+                                RoundRobin(), MethodPolicy(Pipeline(Timeout(2), Retry(3)), idempotent=True))
+    stub = orders_pb2_grpc.OrdersStub(channel)
+
+Differences from a plain channel: ``future()`` of the sync channel runs the call before it
+returns (the future it gives is done); an aio call starts when it is awaited or iterated;
+``subscribe``/``get_state`` report on the sub-channels as a whole (ready when any is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from resilience._validate import Seconds, seconds
+from resilience.balancing.base import Balancer, NoEndpointError, RoundRobin
+from resilience.context import CallContext
+from resilience.discovery.base import Discovery, Endpoint
+from resilience.outcome import Outcome
+
+from ._grpc_common import (
+    GrpcPolicies,
+    MethodPolicy,
+    ReplayableRequests,
+    ResolvedMethod,
+    as_policies,
+)
+from .grpc import attempt_metadata, attempt_timeout, read_first, record_pushback
+from .grpc_aio import AsyncReplayableRequests, aio_metadata, await_unary
+from .grpc_aio import read_first as aread_first
+
+__all__ = ["AioResilientChannel", "ResilientChannel", "aio_resilient_channel", "resilient_channel"]
+
+_EOF = grpc.aio.EOF
+
+
+class _Sub:
+    """One endpoint's channel and its calls in flight (counted under the pool's lock)."""
+
+    __slots__ = ("__weakref__", "channel", "closed", "endpoint", "inflight", "loop", "removed")
+
+    def __init__(self, endpoint: Endpoint, channel: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self.loop = loop
+        self.inflight = 0
+        self.removed = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"_Sub({self.endpoint.address}, inflight={self.inflight}, removed={self.removed})"
+
+
+class _Pool:
+    """The endpoints of one service and their sub-channels; shared by the sync and aio channels.
+
+    Sub-channels are made on first use (for ``grpc.aio``, in the event loop that uses
+    them). ``close_sub`` closes one; the aio channel hands that to the sub-channel's loop.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        discovery: Discovery,
+        balancer: Balancer,
+        make: Callable[[str], Any],
+        close_sub: Callable[[_Sub], None],
+        schedule: Callable[[float, Callable[[], None]], Any],
+        drain_timeout: float,
+    ) -> None:
+        self.service = service
+        self.discovery = discovery
+        self.balancer = balancer
+        self._make = make
+        self._close_sub = close_sub
+        self._schedule = schedule
+        self.drain_timeout = drain_timeout
+        self._lock = threading.Lock()
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self._addresses: frozenset[str] = frozenset()
+        self.subs: dict[str, _Sub] = {}
+        self.closed = False
+        self._unsubscribe = discovery.subscribe(service, self.update)
+        self.update(discovery.endpoints(service))
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """The discovery's new endpoint list: add, keep, and drain what is gone."""
+        new = tuple(endpoints)
+        addresses = frozenset(e.address for e in new)
+        idle: list[_Sub] = []
+        draining: list[_Sub] = []
+        with self._lock:
+            if self.closed:
+                return
+            self.endpoints = new
+            self._addresses = addresses
+            for address in [a for a in self.subs if a not in addresses]:
+                sub = self.subs.pop(address)
+                sub.removed = True
+                if sub.inflight == 0:
+                    sub.closed = True
+                    idle.append(sub)
+                else:
+                    draining.append(sub)
+        for sub in idle:
+            self._close_sub(sub)
+        for sub in draining:
+            self._schedule(self.drain_timeout, lambda sub=sub: self._force_close(sub))  # type: ignore[misc]
+
+    def _force_close(self, sub: _Sub) -> None:
+        with self._lock:
+            if sub.closed:
+                return
+            sub.closed = True
+        self._close_sub(sub)
+
+    def acquire(self, ctx: CallContext) -> _Sub:
+        """Pick the endpoint of an attempt and count the attempt in flight on it."""
+        for _ in range(3):
+            endpoints = self.endpoints
+            if not endpoints:
+                raise NoEndpointError(f"no endpoint known for service {self.service!r}", context=ctx)
+            endpoint = self.balancer.pick(endpoints, ctx)
+            address = endpoint.address
+            with self._lock:
+                if self.closed:
+                    raise ValueError("the channel is closed")
+                if address not in self._addresses:
+                    continue  # removed meanwhile: pick again from the new list
+                sub = self.subs.get(address)
+                if sub is None:
+                    sub = self.subs[address] = _Sub(endpoint, self._make(address), _running_loop())
+                sub.inflight += 1
+            ctx.endpoint = address
+            if ctx.tried is None:
+                ctx.tried = [address]
+            else:
+                ctx.tried.append(address)
+            return sub
+        raise NoEndpointError(f"the endpoints of {self.service!r} kept changing", context=ctx)
+
+    def leave(self, sub: _Sub) -> None:
+        """An attempt (or a stream) on ``sub`` is over."""
+        with self._lock:
+            sub.inflight -= 1
+            if not (sub.removed and sub.inflight == 0 and not sub.closed):
+                return
+            sub.closed = True
+        self._close_sub(sub)
+
+    def close(self) -> list[_Sub]:
+        """Stop following the discovery; the sub-channels to close."""
+        with self._lock:
+            if self.closed:
+                return []
+            self.closed = True
+            subs = list(self.subs.values())
+            self.subs.clear()
+            for sub in subs:
+                sub.closed = True
+        self._unsubscribe()
+        return subs
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _Callable:
+    """What the multicallables of both channels share: the method, its settings, per-endpoint callables."""
+
+    __slots__ = ("_des", "_inner", "_kind", "_method", "_pool", "_resolved", "_ser")
+
+    def __init__(self, pool: _Pool, kind: str, method: str, ser: Any, des: Any, resolved: ResolvedMethod) -> None:
+        self._pool = pool
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._des = des
+        self._resolved = resolved
+        self._inner: dict[_Sub, Any] = {}
+
+    def _on(self, sub: _Sub) -> Any:
+        inner = self._inner.get(sub)
+        if inner is None:
+            if len(self._inner) > 64:
+                self._inner = {s: c for s, c in self._inner.items() if not s.closed}
+            inner = self._inner[sub] = getattr(sub.channel, self._kind)(self._method, self._ser, self._des)
+        return inner
+
+
+# -- sync ----------------------------------------------------------------------------------
+
+
+class _DoneFuture(grpc.Future):  # type: ignore[misc]
+    """The finished outcome of a sync call made through ``future()``."""
+
+    def __init__(self, response: Any, call: Any, error: BaseException | None) -> None:
+        self._response = response
+        self._call = call
+        self._error = error
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._response
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._error
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None if self._error is None else self._error.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # code(), details(), trailing_metadata()... of the call (or of the error, which is a call too).
+        return getattr(self._call if self._call is not None else self._error, name)
+
+
+class _SyncCallable(_Callable):
+    __slots__ = ()
+
+    def _run(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: Any,
+        compression: Any,
+        request_streaming: bool,
+        response_streaming: bool,
+    ) -> Any:
+        pool, resolved = self._pool, self._resolved
+        ctx = resolved.context(timeout)
+        replay: ReplayableRequests | None = None
+        if request_streaming and resolved.replays:
+            replay = ReplayableRequests(request, resolved.buffer_limit, ctx)
+
+        def attempt(ctx: CallContext) -> Any:
+            sub = pool.acquire(ctx)
+            clock = ctx.clock
+            start = clock.monotonic()
+            outcome = Outcome.SUCCESS
+            streaming = False
+            try:
+                inner = self._on(sub)
+                requests = replay.attempt() if replay is not None else request
+                kwargs = {
+                    "timeout": attempt_timeout(ctx),
+                    "metadata": attempt_metadata(metadata, ctx),
+                    "credentials": credentials,
+                    "wait_for_ready": wait_for_ready,
+                    "compression": compression,
+                }
+                if not response_streaming:
+                    return inner.with_call(requests, **kwargs)
+                call = inner(requests, **kwargs)
+                streaming = call.add_callback(lambda: pool.leave(sub))
+                return read_first(call, ctx)
+            except BaseException as exc:
+                outcome = ctx.classifier.error(exc)
+                if isinstance(exc, grpc.RpcError):
+                    record_pushback(ctx, exc)
+                raise
+            finally:
+                pool.balancer.release(sub.endpoint, outcome, clock.monotonic() - start)
+                if not streaming:
+                    pool.leave(sub)
+
+        pipeline = resolved.pipeline
+        return pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
+
+
+class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> tuple[Any, Any]:
+        streaming = self._kind == "stream_unary"
+        result: tuple[Any, Any] = self._run(
+            request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False
+        )
+        return result
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        try:
+            response, call = self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)
+        except Exception as exc:
+            return _DoneFuture(None, None, exc)
+        return _DoneFuture(response, call, None)
+
+
+class _SyncStream(_SyncCallable, grpc.UnaryStreamMultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        streaming = self._kind == "stream_stream"
+        return self._run(request, timeout, metadata, credentials, wait_for_ready, compression, streaming, True)
+
+
+class ResilientChannel(grpc.Channel):  # type: ignore[misc]
+    """A sync channel over every endpoint of a service, applying per-method policies.
+
+    Args:
+        service: the service name asked of ``discovery``.
+        discovery: where the endpoints come from (followed live).
+        balancer: picks the endpoint of each attempt (default :class:`RoundRobin`).
+        policies: a :class:`~interceptors.grpc.GrpcPolicies` table, a
+            :class:`~interceptors.grpc.MethodPolicy` or a :class:`~resilience.Pipeline`
+            (default: no policies; calls are still balanced).
+        channel_factory: ``callable(address) -> grpc.Channel`` for the sub-channels
+            (default ``grpc.insecure_channel(address, options)``).
+        options: channel options of the default factory.
+        drain_timeout: seconds a removed endpoint's calls in flight may still run before
+            its channel is closed, > 0 (default 30).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        discovery: Discovery,
+        balancer: Balancer | None = None,
+        policies: GrpcPolicies | MethodPolicy | Any = None,
+        *,
+        channel_factory: Callable[[str], grpc.Channel] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        drain_timeout: Seconds = 30.0,
+    ) -> None:
+        self.policies = as_policies(policies)
+        drain = seconds("drain_timeout", drain_timeout)
+        opts = list(options)
+        factory = channel_factory or (lambda address: grpc.insecure_channel(address, options=opts))
+        self._timers: set[threading.Timer] = set()
+        self._timers_lock = threading.Lock()
+        self._pool = _Pool(
+            service, discovery, balancer or RoundRobin(), factory, self._close_sub, self._schedule, drain
+        )
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints known now."""
+        return self._pool.endpoints
+
+    def inflight(self) -> dict[str, int]:
+        """Attempts in flight per endpoint address (removed ones still draining included)."""
+        return {address: sub.inflight for address, sub in self._pool.subs.items()}
+
+    @staticmethod
+    def _close_sub(sub: _Sub) -> None:
+        sub.channel.close()
+
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            with self._timers_lock:
+                self._timers.discard(timer)
+            fn()
+
+        timer = threading.Timer(delay, run)
+        timer.daemon = True
+        with self._timers_lock:
+            self._timers.add(timer)
+        timer.start()
+
+    def _callable(self, cls: type[_SyncCallable], kind: str, method: str, ser: Any, des: Any) -> Any:
+        return cls(self._pool, kind, method, ser, des, self.policies.resolve(method))
+
+    def unary_unary(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable(_SyncUnary, "unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable(_SyncStream, "unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable(_SyncUnary, "stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable(_SyncStream, "stream_stream", method, request_serializer, response_deserializer)
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
+        # Connectivity is per sub-channel; callers of this API get the first endpoint's.
+        for sub in list(self._pool.subs.values())[:1]:
+            sub.channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        for sub in list(self._pool.subs.values())[:1]:
+            sub.channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        """Stop following the discovery and close every sub-channel."""
+        with self._timers_lock:
+            timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
+        for sub in self._pool.close():
+            sub.channel.close()
+
+    def __enter__(self) -> ResilientChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResilientChannel({self._pool.service!r}, endpoints={[e.address for e in self.endpoints]})"
+
+
+def resilient_channel(
+    service: str,
+    discovery: Discovery,
+    balancer: Balancer | None = None,
+    policies: GrpcPolicies | MethodPolicy | Any = None,
+    **kwargs: Any,
+) -> ResilientChannel:
+    """A :class:`ResilientChannel` (same arguments)."""
+    return ResilientChannel(service, discovery, balancer, policies, **kwargs)
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+class _AioCall:
+    """One call of the aio channel: awaitable (unary response) or async-iterable (stream)."""
+
+    __slots__ = ("_call", "_owner", "_run_args", "_stream")
+
+    def __init__(self, owner: _AioCallable, run_args: tuple[Any, ...]) -> None:
+        self._owner = owner
+        self._run_args = run_args
+        self._call: Any = None
+        self._stream: Any = None
+
+    def __await__(self) -> Any:
+        response, self._call = yield from self._owner._run(*self._run_args).__await__()
+        return response
+
+    async def _open(self) -> Any:
+        if self._stream is None:
+            self._stream, self._call = await self._owner._run(*self._run_args)
+        return self._stream
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        stream = await self._open()
+        async for message in stream:
+            yield message
+
+    async def read(self) -> Any:
+        stream = await self._open()
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return _EOF
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel()) if self._call is not None else False
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled()) if self._call is not None else False
+
+    def done(self) -> bool:
+        return bool(self._call.done()) if self._call is not None else False
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        details: str = await self._call.details()
+        return details
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+
+class _AioCallable(_Callable):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> _AioCall:
+        return _AioCall(self, (request, timeout, metadata, credentials, wait_for_ready, compression))
+
+    async def _run(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: Any,
+        compression: Any,
+    ) -> tuple[Any, Any]:
+        pool, resolved, kind = self._pool, self._resolved, self._kind
+        response_streaming = kind.endswith("_stream")
+        ctx = resolved.context(timeout)
+        replay: AsyncReplayableRequests | None = None
+        if kind.startswith("stream_") and resolved.replays:
+            replay = AsyncReplayableRequests(request, resolved.buffer_limit, ctx)
+
+        async def attempt(ctx: CallContext) -> tuple[Any, Any]:
+            sub = pool.acquire(ctx)
+            clock = ctx.clock
+            start = clock.monotonic()
+            outcome = Outcome.SUCCESS
+            streaming = False
+            try:
+                inner = self._on(sub)
+                call = inner(
+                    replay.attempt() if replay is not None else request,
+                    timeout=attempt_timeout(ctx),
+                    metadata=aio_metadata(metadata, ctx),
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+                if response_streaming:
+                    call.add_done_callback(lambda _call: pool.leave(sub))
+                    streaming = True
+                    return await aread_first(call, ctx), call
+                return await await_unary(call, ctx), call
+            except BaseException as exc:
+                outcome = ctx.classifier.error(exc)
+                raise
+            finally:
+                pool.balancer.release(sub.endpoint, outcome, clock.monotonic() - start)
+                if not streaming:
+                    pool.leave(sub)
+
+        pipeline = resolved.pipeline
+        if pipeline is not None:
+            result: tuple[Any, Any] = await pipeline.aexecute(attempt, ctx)
+            return result
+        return await attempt(ctx)
+
+
+class AioResilientChannel(grpc.aio.Channel):
+    """The ``grpc.aio`` twin of :class:`ResilientChannel` (same arguments; the factory
+    makes ``grpc.aio`` channels, by default ``grpc.aio.insecure_channel(address, options)``).
+
+    Sub-channels are made in the event loop of the calls that use them; close the
+    channel with ``await channel.close()`` (or ``async with``).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        discovery: Discovery,
+        balancer: Balancer | None = None,
+        policies: GrpcPolicies | MethodPolicy | Any = None,
+        *,
+        channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        drain_timeout: Seconds = 30.0,
+    ) -> None:
+        self.policies = as_policies(policies)
+        drain = seconds("drain_timeout", drain_timeout)
+        opts = list(options)
+        factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address, options=opts))
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._handles: set[asyncio.TimerHandle] = set()
+        self._pool = _Pool(
+            service, discovery, balancer or RoundRobin(), factory, self._close_sub, self._schedule, drain
+        )
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints known now."""
+        return self._pool.endpoints
+
+    def inflight(self) -> dict[str, int]:
+        """Attempts in flight per endpoint address."""
+        return {address: sub.inflight for address, sub in self._pool.subs.items()}
+
+    def _close_sub(self, sub: _Sub) -> None:
+        loop = sub.loop
+        if loop is None or loop.is_closed():
+            return
+        if _running_loop() is loop:
+            self._spawn_close(sub)
+        else:
+            loop.call_soon_threadsafe(self._spawn_close, sub)
+
+    def _spawn_close(self, sub: _Sub) -> None:
+        task = asyncio.get_running_loop().create_task(sub.channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        loop = _running_loop()
+        if loop is None:
+            loops = {s.loop for s in self._pool.subs.values() if s.loop is not None}
+            if not loops:
+                return
+            loop = loops.pop()
+            loop.call_soon_threadsafe(self._arm, loop, delay, fn)
+        else:
+            self._arm(loop, delay, fn)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            self._handles.discard(handle)
+            fn()
+
+        handle = loop.call_later(delay, run)
+        self._handles.add(handle)
+
+    def _callable(self, kind: str, method: str, ser: Any, des: Any) -> Any:
+        return _AioCallable(self._pool, kind, method, ser, des, self.policies.resolve(method))
+
+    def unary_unary(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable("unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable("unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable("stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+    ) -> Any:
+        return self._callable("stream_stream", method, request_serializer, response_deserializer)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        states = [sub.channel.get_state(try_to_connect) for sub in list(self._pool.subs.values())]
+        if grpc.ChannelConnectivity.READY in states:
+            return grpc.ChannelConnectivity.READY
+        return states[0] if states else grpc.ChannelConnectivity.IDLE
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        subs = list(self._pool.subs.values())
+        if subs:
+            await subs[0].channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        for sub in list(self._pool.subs.values()):
+            await sub.channel.channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop following the discovery and close every sub-channel (waiting ``grace`` for calls)."""
+        for handle in list(self._handles):
+            handle.cancel()
+        self._handles.clear()
+        subs = self._pool.close()
+        await asyncio.gather(*(sub.channel.close(grace) for sub in subs))
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    async def __aenter__(self) -> AioResilientChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(None)
+
+    def __repr__(self) -> str:
+        return f"AioResilientChannel({self._pool.service!r}, endpoints={[e.address for e in self.endpoints]})"
+
+
+def aio_resilient_channel(
+    service: str,
+    discovery: Discovery,
+    balancer: Balancer | None = None,
+    policies: GrpcPolicies | MethodPolicy | Any = None,
+    **kwargs: Any,
+) -> AioResilientChannel:
+    """An :class:`AioResilientChannel` (same arguments)."""
+    return AioResilientChannel(service, discovery, balancer, policies, **kwargs)

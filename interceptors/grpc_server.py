@@ -1,0 +1,295 @@
+"""Server-side protection for gRPC servers (sync and ``grpc.aio``): shedding, rate limits, authentication.
+
+Usage::
+
+    from interceptors.grpc_server import ServerResilienceInterceptor
+    from interceptors._grpc_common import GrpcPolicies
+    from resilience.pipeline import Pipeline
+    from resilience.policies.concurrency import ConcurrencyLimit
+    from resilience.policies.token_bucket import TokenBucket
+
+    guard = ServerResilienceInterceptor(
+        GrpcPolicies(methods={"/shop.Orders/Create": Pipeline(TokenBucket(100, burst=20), ConcurrencyLimit(32))}),
+        authenticate=lambda metadata, method: dict(metadata).get("x-api-key") == "secret",
+    )
+    server = grpc.server(pool, interceptors=[guard])          # or AioServerResilienceInterceptor for grpc.aio
+
+Each call of a method with a pipeline runs its handler through that pipeline (rate
+limits, concurrency limits, bulkheads: any policy). A call a policy rejects
+(:class:`~resilience.RejectedError`) ends with ``RESOURCE_EXHAUSTED`` and, when the
+rejection says when to come back (``retry_after``), a ``grpc-retry-pushback-ms`` trailer
+that this library's client honours. The ``authenticate`` hook runs first; a falsy answer
+ends the call with ``UNAUTHENTICATED``; a truthy one is the principal, which the handler
+reads with :func:`current_principal`.
+
+For methods with a response stream, the pipeline admits the call and covers the handler
+until it returns its iterator, not the whole stream.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from resilience._validate import Seconds, seconds
+from resilience.context import CallContext
+from resilience.errors import RejectedError
+
+from ._grpc_common import PUSHBACK_KEY, GrpcPolicies, MethodPolicy, ResolvedMethod, as_policies
+
+__all__ = [
+    "AioServerResilienceInterceptor",
+    "Authenticator",
+    "ServerResilienceInterceptor",
+    "current_principal",
+]
+
+_log = logging.getLogger("resilience.grpc")
+
+Authenticator = Callable[[Sequence[tuple[str, Any]], str], Any]
+"""``authenticate(invocation_metadata, full_method) -> principal``: falsy rejects the call
+with ``UNAUTHENTICATED``. The aio interceptor also accepts a coroutine function."""
+
+_principal: contextvars.ContextVar[Any] = contextvars.ContextVar("resilience_grpc_principal", default=None)
+
+
+def current_principal() -> Any:
+    """The principal the ``authenticate`` hook returned for the call being handled (or ``None``)."""
+    return _principal.get()
+
+
+class _Base:
+    """What the sync and aio server interceptors share: the table, the hook, the rejection."""
+
+    __slots__ = ("authenticate", "default_pushback", "policies")
+
+    def __init__(
+        self,
+        policies: GrpcPolicies | MethodPolicy | Any = None,
+        *,
+        authenticate: Authenticator | None = None,
+        default_pushback: Seconds | None = None,
+    ) -> None:
+        self.policies = as_policies(policies)
+        if authenticate is not None and not callable(authenticate):
+            raise TypeError(f"authenticate must be a callable(metadata, method) or None, got {authenticate!r}")
+        self.authenticate = authenticate
+        self.default_pushback = (
+            None if default_pushback is None else seconds("default_pushback", default_pushback, allow_zero=True)
+        )
+
+    def _rejection(self, error: RejectedError) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The details and the trailing metadata of a call a policy turned away."""
+        retry_after = error.retry_after if error.retry_after is not None else self.default_pushback
+        if retry_after is None:
+            return str(error), ()
+        millis = max(0, math.ceil(retry_after * 1000.0))
+        return str(error), ((PUSHBACK_KEY, str(millis)),)
+
+    def _context(self, resolved: ResolvedMethod, servicer_context: Any) -> CallContext:
+        remaining = servicer_context.time_remaining()
+        # A call without a deadline reports a huge remaining time: no deadline then.
+        return resolved.context(remaining if remaining is not None and remaining < 1e8 else None)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.policies!r})"
+
+
+def _handler_like(handler: Any, unary_unary: Any, unary_stream: Any, stream_unary: Any, stream_stream: Any) -> Any:
+    """A handler of the same kind and serializers as ``handler``, with new behaviours."""
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.request_streaming:
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+        return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
+    return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+
+
+def _behavior(handler: Any) -> Any:
+    if handler.request_streaming:
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+
+class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor):  # type: ignore[misc]
+    """A sync ``grpc.ServerInterceptor`` applying per-method policies and an authentication hook.
+
+    Args:
+        policies: a :class:`~interceptors.grpc.GrpcPolicies` table (only ``pipeline`` and
+            ``tags`` matter here), or a :class:`~interceptors.grpc.MethodPolicy` or
+            :class:`~resilience.Pipeline` for every method (default: no policies).
+        authenticate: ``callable(invocation_metadata, full_method) -> principal``; falsy
+            (or raising) rejects the call with ``UNAUTHENTICATED`` (default: no check).
+        default_pushback: the pushback sent, in seconds, when a rejection does not say
+            when to come back, >= 0, or ``None`` to send none (default ``None``).
+    """
+
+    __slots__ = ()
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        resolved = self.policies.resolve(method)
+        pipeline = resolved.pipeline
+        authenticate = self.authenticate
+        if pipeline is None and authenticate is None:
+            return handler
+        principal = None
+        if authenticate is not None:
+            try:
+                principal = authenticate(handler_call_details.invocation_metadata or (), method)
+            except Exception:
+                _log.exception("authenticate hook failed for %s", method)
+                principal = None
+            if not principal:
+                return self._refusal(handler)
+        behavior = _behavior(handler)
+
+        def unary(request: Any, context: Any) -> Any:
+            token = _principal.set(principal)
+            try:
+                if pipeline is None:
+                    return behavior(request, context)
+                try:
+                    return pipeline.execute(lambda _ctx: behavior(request, context), self._context(resolved, context))
+                except RejectedError as error:
+                    self._reject(context, error)
+            finally:
+                _principal.reset(token)
+
+        def streaming(request: Any, context: Any) -> Iterator[Any]:
+            token = _principal.set(principal)
+            try:
+                if pipeline is None:
+                    yield from behavior(request, context)
+                    return
+                try:
+                    responses = pipeline.execute(
+                        lambda _ctx: behavior(request, context), self._context(resolved, context)
+                    )
+                except RejectedError as error:
+                    self._reject(context, error)
+                yield from responses
+            finally:
+                _principal.reset(token)
+
+        return _handler_like(handler, unary, streaming, unary, streaming)
+
+    def _reject(self, context: Any, error: RejectedError) -> None:
+        details, trailing = self._rejection(error)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+
+    @staticmethod
+    def _refusal(handler: Any) -> Any:
+        def refuse(request: Any, context: Any) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+
+        def refuse_stream(request: Any, context: Any) -> Iterator[Any]:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+            yield  # pragma: no cover - abort raises
+
+        return _handler_like(handler, refuse, refuse_stream, refuse, refuse_stream)
+
+
+class AioServerResilienceInterceptor(_Base, grpc.aio.ServerInterceptor):
+    """The ``grpc.aio.ServerInterceptor`` twin of :class:`ServerResilienceInterceptor`.
+
+    Handlers must be ``async`` (coroutine functions or async generators). ``authenticate``
+    may be a plain function or a coroutine function. Same arguments as the sync one.
+    """
+
+    __slots__ = ()
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        resolved = self.policies.resolve(method)
+        pipeline = resolved.pipeline
+        authenticate = self.authenticate
+        if pipeline is None and authenticate is None:
+            return handler
+        principal = None
+        if authenticate is not None:
+            try:
+                principal = authenticate(handler_call_details.invocation_metadata or (), method)
+                if inspect.isawaitable(principal):
+                    principal = await principal
+            except Exception:
+                _log.exception("authenticate hook failed for %s", method)
+                principal = None
+            if not principal:
+                return self._refusal(handler)
+        behavior = _behavior(handler)
+
+        async def unary(request: Any, context: Any) -> Any:
+            token = _principal.set(principal)
+            try:
+                if pipeline is None:
+                    return await behavior(request, context)
+                try:
+                    return await pipeline.aexecute(
+                        lambda _ctx: behavior(request, context), self._context(resolved, context)
+                    )
+                except RejectedError as error:
+                    await self._reject(context, error)
+            finally:
+                _principal.reset(token)
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            token = _principal.set(principal)
+            try:
+                if pipeline is None:
+                    responses = behavior(request, context)
+                else:
+                    try:
+                        responses = await pipeline.aexecute(
+                            lambda _ctx: _started(behavior(request, context)), self._context(resolved, context)
+                        )
+                    except RejectedError as error:
+                        await self._reject(context, error)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        yield response
+                elif inspect.isawaitable(responses):
+                    await responses  # a handler that answers with context.write()
+            finally:
+                _principal.reset(token)
+
+        return _handler_like(handler, unary, streaming, unary, streaming)
+
+    async def _reject(self, context: Any, error: RejectedError) -> None:
+        details, trailing = self._rejection(error)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details, trailing_metadata=trailing)
+
+    @staticmethod
+    def _refusal(handler: Any) -> Any:
+        async def refuse(request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+
+        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+            yield  # pragma: no cover - abort raises
+
+        return _handler_like(handler, refuse, refuse_stream, refuse, refuse_stream)
+
+
+async def _started(responses: Any) -> Any:
+    """Hand an async generator (or a write-style coroutine) back through ``aexecute``."""
+    return responses
