@@ -79,7 +79,9 @@ def _codes(name: str, value: Iterable[grpc.StatusCode | str | int] | None) -> fr
         elif isinstance(item, int) and not isinstance(item, bool) and item in _BY_VALUE:
             out.add(_BY_VALUE[item])
         else:
-            raise ValueError(f"{name} must hold gRPC status codes (names like 'UNAVAILABLE' or numbers 0-16), got {item!r}")
+            raise ValueError(
+                f"{name} must hold gRPC status codes (names like 'UNAVAILABLE' or numbers 0-16), got {item!r}"
+            )
     return frozenset(out)
 
 

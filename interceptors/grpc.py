@@ -62,7 +62,7 @@ class _Details(
             ("compression", Any),
         ],
     ),
-    grpc.ClientCallDetails,  # type: ignore[misc]
+    grpc.ClientCallDetails,
 ):
     """The call details of one attempt."""
 
@@ -164,10 +164,10 @@ def unary_outcome(outcome: Any, ctx: CallContext) -> Any:
 
 
 class ResilienceInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor[Any, Any],
+    grpc.UnaryStreamClientInterceptor[Any, Any],
+    grpc.StreamUnaryClientInterceptor[Any, Any],
+    grpc.StreamStreamClientInterceptor[Any, Any],
 ):
     """Runs every call of a sync channel through the pipeline of its method.
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -200,10 +200,12 @@ def _first_attempt(details: Any, ctx: CallContext, first_deadline: float | None)
     return _attempt_details(details, ctx)
 
 
-class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
     __slots__ = ()
 
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
         resolved = self._resolve(client_call_details)
         pipeline = resolved.pipeline
         if pipeline is None:
@@ -219,7 +221,7 @@ class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
     __slots__ = ()
 
     async def intercept_unary_stream(
@@ -239,7 +241,7 @@ class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientIntercept
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientInterceptor[Any, Any]):
     __slots__ = ()
 
     async def intercept_stream_unary(
@@ -262,7 +264,7 @@ class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientIntercept
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _StreamStream(AioResilienceInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _StreamStream(AioResilienceInterceptor, grpc.aio.StreamStreamClientInterceptor[Any, Any]):
     __slots__ = ()
 
     async def intercept_stream_stream(
@@ -297,4 +299,8 @@ def aio_interceptors(policies: GrpcPolicies | MethodPolicy | Any = None) -> list
         ``secure_channel``).
     """
     table = as_policies(policies)
-    return [_UnaryUnary(table), _UnaryStream(table), _StreamUnary(table), _StreamStream(table)]
+    # grpc-stubs type this list with a placeholder that asks for a cast.
+    return cast(
+        list[grpc.aio.ClientInterceptor],
+        [_UnaryUnary(table), _UnaryStream(table), _StreamUnary(table), _StreamStream(table)],
+    )

@@ -50,7 +50,7 @@ from .grpc_aio import read_first as aread_first
 
 __all__ = ["AioResilientChannel", "ResilientChannel", "aio_resilient_channel", "resilient_channel"]
 
-_EOF = grpc.aio.EOF
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class _Sub:
@@ -214,7 +214,7 @@ class _Callable:
 # -- sync ----------------------------------------------------------------------------------
 
 
-class _DoneFuture(grpc.Future):  # type: ignore[misc]
+class _DoneFuture(grpc.Future[Any]):
     """The finished outcome of a sync call made through ``future()``."""
 
     def __init__(self, response: Any, call: Any, error: BaseException | None) -> None:
@@ -239,7 +239,7 @@ class _DoneFuture(grpc.Future):  # type: ignore[misc]
             raise self._error
         return self._response
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: float | None = None) -> Any:
         return self._error
 
     def traceback(self, timeout: float | None = None) -> Any:
@@ -308,7 +308,7 @@ class _SyncCallable(_Callable):
         return pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
 
 
-class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable[Any, Any], grpc.StreamUnaryMultiCallable[Any, Any]):
     __slots__ = ()
 
     def with_call(
@@ -353,7 +353,7 @@ class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMu
         return _DoneFuture(response, call, None)
 
 
-class _SyncStream(_SyncCallable, grpc.UnaryStreamMultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+class _SyncStream(_SyncCallable, grpc.UnaryStreamMultiCallable[Any, Any], grpc.StreamStreamMultiCallable[Any, Any]):
     __slots__ = ()
 
     def __call__(
@@ -369,7 +369,7 @@ class _SyncStream(_SyncCallable, grpc.UnaryStreamMultiCallable, grpc.StreamStrea
         return self._run(request, timeout, metadata, credentials, wait_for_ready, compression, streaming, True)
 
 
-class ResilientChannel(grpc.Channel):  # type: ignore[misc]
+class ResilientChannel(grpc.Channel):
     """A sync channel over every endpoint of a service, applying per-method policies.
 
     Args:
@@ -436,22 +436,38 @@ class ResilientChannel(grpc.Channel):  # type: ignore[misc]
         return cls(self._pool, kind, method, ser, des, self.policies.resolve(method))
 
     def unary_unary(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable(_SyncUnary, "unary_unary", method, request_serializer, response_deserializer)
 
     def unary_stream(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable(_SyncStream, "unary_stream", method, request_serializer, response_deserializer)
 
     def stream_unary(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable(_SyncUnary, "stream_unary", method, request_serializer, response_deserializer)
 
     def stream_stream(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable(_SyncStream, "stream_stream", method, request_serializer, response_deserializer)
 
@@ -574,7 +590,7 @@ class _AioCallable(_Callable):
     async def _run(
         self,
         request: Any,
-        timeout: float | None,
+        timeout: float | None,  # noqa: ASYNC109 - the RPC's own deadline, handed to grpc
         metadata: Any,
         credentials: Any,
         wait_for_ready: Any,
@@ -698,22 +714,38 @@ class AioResilientChannel(grpc.aio.Channel):
         return _AioCallable(self._pool, kind, method, ser, des, self.policies.resolve(method))
 
     def unary_unary(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable("unary_unary", method, request_serializer, response_deserializer)
 
     def unary_stream(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable("unary_stream", method, request_serializer, response_deserializer)
 
     def stream_unary(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable("stream_unary", method, request_serializer, response_deserializer)
 
     def stream_stream(
-        self, method: str, request_serializer: Any = None, response_deserializer: Any = None, _registered_method: Any = False
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: Any = False,
     ) -> Any:
         return self._callable("stream_stream", method, request_serializer, response_deserializer)
 

@@ -120,7 +120,7 @@ def _behavior(handler: Any) -> Any:
     return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
-class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor):  # type: ignore[misc]
+class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor[Any, Any]):
     """A sync ``grpc.ServerInterceptor`` applying per-method policies and an authentication hook.
 
     Args:
@@ -204,7 +204,7 @@ class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor):  # type: ignor
         return _handler_like(handler, refuse, refuse_stream, refuse, refuse_stream)
 
 
-class AioServerResilienceInterceptor(_Base, grpc.aio.ServerInterceptor):
+class AioServerResilienceInterceptor(_Base, grpc.aio.ServerInterceptor[Any, Any]):
     """The ``grpc.aio.ServerInterceptor`` twin of :class:`ServerResilienceInterceptor`.
 
     Handlers must be ``async`` (coroutine functions or async generators). ``authenticate``
@@ -213,9 +213,7 @@ class AioServerResilienceInterceptor(_Base, grpc.aio.ServerInterceptor):
 
     __slots__ = ()
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
-    ) -> Any:
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
