@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -43,6 +43,40 @@ PREVIOUS_ATTEMPTS_KEY = "x-grpc-previous-rpc-attempts"
 gRPC's retry design names it ``grpc-previous-rpc-attempts``, but grpcio's core owns that
 key: it silently drops it from application metadata (seen with grpcio 1.85 on the wire),
 so a retry made above the core carries the count under this ``x-`` name instead."""
+
+# grpc-stubs make these generic; at run time they are plain classes.
+if TYPE_CHECKING:
+    UnaryUnaryClientInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientInterceptor = grpc.UnaryStreamClientInterceptor[Any, Any]
+    StreamUnaryClientInterceptor = grpc.StreamUnaryClientInterceptor[Any, Any]
+    StreamStreamClientInterceptor = grpc.StreamStreamClientInterceptor[Any, Any]
+    AioUnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    AioUnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    AioStreamUnaryClientInterceptor = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    AioStreamStreamClientInterceptor = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+    Future = grpc.Future[Any]
+    UnaryUnaryMultiCallable = grpc.UnaryUnaryMultiCallable[Any, Any]
+    StreamUnaryMultiCallable = grpc.StreamUnaryMultiCallable[Any, Any]
+    UnaryStreamMultiCallable = grpc.UnaryStreamMultiCallable[Any, Any]
+    StreamStreamMultiCallable = grpc.StreamStreamMultiCallable[Any, Any]
+    ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+    AioServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    UnaryUnaryClientInterceptor = grpc.UnaryUnaryClientInterceptor
+    UnaryStreamClientInterceptor = grpc.UnaryStreamClientInterceptor
+    StreamUnaryClientInterceptor = grpc.StreamUnaryClientInterceptor
+    StreamStreamClientInterceptor = grpc.StreamStreamClientInterceptor
+    AioUnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+    AioUnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
+    AioStreamUnaryClientInterceptor = grpc.aio.StreamUnaryClientInterceptor
+    AioStreamStreamClientInterceptor = grpc.aio.StreamStreamClientInterceptor
+    Future = grpc.Future
+    UnaryUnaryMultiCallable = grpc.UnaryUnaryMultiCallable
+    StreamUnaryMultiCallable = grpc.StreamUnaryMultiCallable
+    UnaryStreamMultiCallable = grpc.UnaryStreamMultiCallable
+    StreamStreamMultiCallable = grpc.StreamStreamMultiCallable
+    ServerInterceptor = grpc.ServerInterceptor
+    AioServerInterceptor = grpc.aio.ServerInterceptor
 
 _S = grpc.StatusCode
 

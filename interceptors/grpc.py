@@ -35,6 +35,7 @@ import grpc
 
 from resilience.context import CallContext
 
+from . import _grpc_common as _c
 from ._grpc_common import (
     PREVIOUS_ATTEMPTS_KEY,
     GrpcClassifier,
@@ -164,10 +165,10 @@ def unary_outcome(outcome: Any, ctx: CallContext) -> Any:
 
 
 class ResilienceInterceptor(
-    grpc.UnaryUnaryClientInterceptor[Any, Any],
-    grpc.UnaryStreamClientInterceptor[Any, Any],
-    grpc.StreamUnaryClientInterceptor[Any, Any],
-    grpc.StreamStreamClientInterceptor[Any, Any],
+    _c.UnaryUnaryClientInterceptor,
+    _c.UnaryStreamClientInterceptor,
+    _c.StreamUnaryClientInterceptor,
+    _c.StreamStreamClientInterceptor,
 ):
     """Runs every call of a sync channel through the pipeline of its method.
 

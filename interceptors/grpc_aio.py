@@ -36,6 +36,7 @@ import grpc.aio
 
 from resilience.context import CallContext
 
+from . import _grpc_common as _c
 from ._grpc_common import (
     PREVIOUS_ATTEMPTS_KEY,
     GrpcPolicies,
@@ -200,7 +201,7 @@ def _first_attempt(details: Any, ctx: CallContext, first_deadline: float | None)
     return _attempt_details(details, ctx)
 
 
-class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
+class _UnaryUnary(AioResilienceInterceptor, _c.AioUnaryUnaryClientInterceptor):
     __slots__ = ()
 
     async def intercept_unary_unary(
@@ -221,7 +222,7 @@ class _UnaryUnary(AioResilienceInterceptor, grpc.aio.UnaryUnaryClientInterceptor
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
+class _UnaryStream(AioResilienceInterceptor, _c.AioUnaryStreamClientInterceptor):
     __slots__ = ()
 
     async def intercept_unary_stream(
@@ -241,7 +242,7 @@ class _UnaryStream(AioResilienceInterceptor, grpc.aio.UnaryStreamClientIntercept
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientInterceptor[Any, Any]):
+class _StreamUnary(AioResilienceInterceptor, _c.AioStreamUnaryClientInterceptor):
     __slots__ = ()
 
     async def intercept_stream_unary(
@@ -264,7 +265,7 @@ class _StreamUnary(AioResilienceInterceptor, grpc.aio.StreamUnaryClientIntercept
         return await pipeline.aexecute(attempt, ctx)
 
 
-class _StreamStream(AioResilienceInterceptor, grpc.aio.StreamStreamClientInterceptor[Any, Any]):
+class _StreamStream(AioResilienceInterceptor, _c.AioStreamStreamClientInterceptor):
     __slots__ = ()
 
     async def intercept_stream_stream(

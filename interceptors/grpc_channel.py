@@ -37,6 +37,7 @@ from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
 from resilience.outcome import Outcome
 
+from . import _grpc_common as _c
 from ._grpc_common import (
     GrpcPolicies,
     MethodPolicy,
@@ -214,7 +215,7 @@ class _Callable:
 # -- sync ----------------------------------------------------------------------------------
 
 
-class _DoneFuture(grpc.Future[Any]):
+class _DoneFuture(_c.Future):
     """The finished outcome of a sync call made through ``future()``."""
 
     def __init__(self, response: Any, call: Any, error: BaseException | None) -> None:
@@ -308,7 +309,7 @@ class _SyncCallable(_Callable):
         return pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
 
 
-class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable[Any, Any], grpc.StreamUnaryMultiCallable[Any, Any]):
+class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiCallable):
     __slots__ = ()
 
     def with_call(
@@ -353,7 +354,7 @@ class _SyncUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable[Any, Any], grpc.Str
         return _DoneFuture(response, call, None)
 
 
-class _SyncStream(_SyncCallable, grpc.UnaryStreamMultiCallable[Any, Any], grpc.StreamStreamMultiCallable[Any, Any]):
+class _SyncStream(_SyncCallable, _c.UnaryStreamMultiCallable, _c.StreamStreamMultiCallable):
     __slots__ = ()
 
     def __call__(

@@ -42,6 +42,7 @@ from resilience._validate import Seconds, seconds
 from resilience.context import CallContext
 from resilience.errors import RejectedError
 
+from . import _grpc_common as _c
 from ._grpc_common import PUSHBACK_KEY, GrpcPolicies, MethodPolicy, ResolvedMethod, as_policies
 
 __all__ = [
@@ -120,7 +121,7 @@ def _behavior(handler: Any) -> Any:
     return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
-class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor[Any, Any]):
+class ServerResilienceInterceptor(_Base, _c.ServerInterceptor):
     """A sync ``grpc.ServerInterceptor`` applying per-method policies and an authentication hook.
 
     Args:
@@ -204,7 +205,7 @@ class ServerResilienceInterceptor(_Base, grpc.ServerInterceptor[Any, Any]):
         return _handler_like(handler, refuse, refuse_stream, refuse, refuse_stream)
 
 
-class AioServerResilienceInterceptor(_Base, grpc.aio.ServerInterceptor[Any, Any]):
+class AioServerResilienceInterceptor(_Base, _c.AioServerInterceptor):
     """The ``grpc.aio.ServerInterceptor`` twin of :class:`ServerResilienceInterceptor`.
 
     Handlers must be ``async`` (coroutine functions or async generators). ``authenticate``
