@@ -135,6 +135,11 @@ class EchoService:
     def bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         fault, attempt = self._begin(BIDI, context)
         self._wait(fault)
+        if fault.code is not None and fault.after == 0:
+            # Fail before answering, after reading every request: a client still writing to a
+            # stream the server closed may see INTERNAL instead of the code (a grpc.aio race).
+            attempt.requests.extend(requests)
+            self._fail(fault, context)
         for i, request in enumerate(requests):
             attempt.requests.append(request)
             if fault.code is not None and i == fault.after:
