@@ -131,9 +131,9 @@ def test_sync_stream_is_not_retried_after_its_first_message(server: Running, kin
     try:
         server.service.script(kind, Fault(S.UNAVAILABLE, after=1))
         received: list[bytes] = []
+        stream = client.c[kind](b"a" if kind == SERVER_STREAM else iter([b"a", b"b"]), timeout=5)
         with pytest.raises(grpc.RpcError) as info:
-            for message in client.c[kind](b"a" if kind == SERVER_STREAM else iter([b"a", b"b"]), timeout=5):
-                received.append(message)
+            received.extend(stream)
         assert info.value.code() is S.UNAVAILABLE
         assert received == [b"a0"] if kind == SERVER_STREAM else received == [b"a"]
     finally:
@@ -146,8 +146,9 @@ async def test_aio_stream_is_not_retried_after_its_first_message(server: Running
     server.service.script(SERVER_STREAM, Fault(S.UNAVAILABLE, after=1))
     received: list[bytes] = []
     async with grpc.aio.insecure_channel(server.address, interceptors=aio_interceptors(policies)) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            async for message in callables(channel)[SERVER_STREAM](b"a", timeout=5):
+        stream = callables(channel)[SERVER_STREAM](b"a", timeout=5)
+        with pytest.raises(grpc.RpcError) as info:  # noqa: PT012 - the error comes from the iteration
+            async for message in stream:
                 received.append(message)
     assert info.value.code() is S.UNAVAILABLE
     assert received == [b"a0"]
@@ -449,8 +450,9 @@ def test_policy_table_resolution_and_validation() -> None:
     assert (other.pipeline, other.idempotent, other.tags) == (default, False, {"team": "a"})
     assert table.resolve("/shop.Orders/Get") is get  # cached
     ctx = get.context(2.0)
-    assert ctx.deadline is not None and ctx.classifier is get.classifier
-    with pytest.raises(ValueError, match="retryable_codes must hold gRPC status codes.*'BOGUS'"):
+    assert ctx.deadline is not None
+    assert ctx.classifier is get.classifier
+    with pytest.raises(ValueError, match=r"retryable_codes must hold gRPC status codes.*'BOGUS'"):
         MethodPolicy(retryable_codes=["BOGUS"])
     with pytest.raises(TypeError, match="string"):
         MethodPolicy(retryable_codes="UNAVAILABLE")
