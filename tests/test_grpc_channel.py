@@ -13,8 +13,8 @@ import pytest
 from interceptors._grpc_common import MethodPolicy
 from interceptors.grpc_channel import AioResilientChannel, ResilientChannel, aio_resilient_channel, resilient_channel
 from resilience.balancing.base import Balancer, NoEndpointError, RoundRobin, untried
-from resilience.context import CallContext
 from resilience.clock import FakeClock
+from resilience.context import CallContext
 from resilience.discovery.base import Endpoint
 from resilience.discovery.static import StaticDiscovery
 from resilience.outcome import Outcome
@@ -166,9 +166,8 @@ def test_drain_timeout_closes_a_removed_endpoint_with_stuck_calls(servers: tuple
 
 
 def test_no_endpoint_is_a_rejection() -> None:
-    with ResilientChannel("echo", StaticDiscovery(), None, _retry()) as channel:
-        with pytest.raises(NoEndpointError):
-            callables(channel)[UNARY](b"x")
+    with ResilientChannel("echo", StaticDiscovery(), None, _retry()) as channel, pytest.raises(NoEndpointError):
+        callables(channel)[UNARY](b"x")
 
 
 # -- aio -------------------------------------------------------------------------------------------
