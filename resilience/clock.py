@@ -64,10 +64,14 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
     def call_at(self, deadline: float, callback: Callable[[], object]) -> TimerHandle:
+        global _last_timers
         loop = asyncio.get_running_loop()
-        timers = _loop_timers.get(loop)
-        if timers is None:
-            timers = _loop_timers[loop] = _LoopTimers(loop)
+        timers = _last_timers
+        if timers is None or timers.loop is not loop:
+            timers = _loop_timers.get(loop)
+            if timers is None:
+                timers = _loop_timers[loop] = _LoopTimers(loop)
+            _last_timers = timers
         return timers.add(deadline, callback)
 
     def __repr__(self) -> str:
@@ -250,3 +254,7 @@ class _LoopTimers:
 
 
 _loop_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTimers] = weakref.WeakKeyDictionary()
+# The loop used last, checked before the weak dictionary (whose lookup costs a weakref).
+# It holds its loop strongly until another loop takes its place; a closed loop kept here
+# only costs memory, and the next loop replaces it.
+_last_timers: _LoopTimers | None = None

@@ -63,7 +63,6 @@ class CallContext:
         self,
         service: str = "",
         method: str = "",
-        *,
         deadline: float | None = None,
         idempotent: bool = True,
         tags: dict[str, str] | None = None,

@@ -20,13 +20,10 @@ T = TypeVar("T")
 
 
 def _invoke(ctx: CallContext) -> Any:
-    fn = ctx.fn
-    assert fn is not None
     args = ctx.args
     if args is None:
-        return fn(ctx)
-    kwargs = ctx.kwargs
-    return fn(*args, **kwargs) if kwargs else fn(*args)
+        return ctx.fn(ctx)  # type: ignore[misc]
+    return ctx.fn(*args, **ctx.kwargs)  # type: ignore[arg-type, misc]
 
 
 class Pipeline:
@@ -115,13 +112,7 @@ class Pipeline:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the sync callable ``fn(*args, **kwargs)`` through the policies."""
-        ctx = CallContext(
-            self.service,
-            self.method,
-            clock=self.clock,
-            classifier=self.classifier,
-            listeners=self.listeners,
-        )
+        ctx = CallContext(self.service, self.method, None, True, None, self.clock, self.classifier, self.listeners)
         ctx.fn = fn
         ctx.args = args
         ctx.kwargs = kwargs
@@ -130,13 +121,7 @@ class Pipeline:
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the async callable ``await fn(*args, **kwargs)`` through the policies."""
-        ctx = CallContext(
-            self.service,
-            self.method,
-            clock=self.clock,
-            classifier=self.classifier,
-            listeners=self.listeners,
-        )
+        ctx = CallContext(self.service, self.method, None, True, None, self.clock, self.classifier, self.listeners)
         ctx.fn = fn
         ctx.args = args
         ctx.kwargs = kwargs

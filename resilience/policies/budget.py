@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 
 from .._validate import Seconds, number, seconds
@@ -44,7 +43,7 @@ class RetryBudget:
 
     def _slot(self, now: float) -> int:
         # Caller holds the lock. A bucket whose stamp is stale is reused from zero.
-        tick = math.floor(now / self._width)
+        tick = int(now // self._width)
         slot = tick % _BUCKETS
         if self._stamps[slot] != tick:
             self._stamps[slot] = tick
@@ -53,7 +52,7 @@ class RetryBudget:
         return slot
 
     def _totals(self, now: float) -> tuple[int, int]:
-        tick = math.floor(now / self._width)
+        tick = int(now // self._width)
         requests = retries = 0
         for i in range(_BUCKETS):
             if tick - self._stamps[i] < _BUCKETS:
@@ -63,8 +62,17 @@ class RetryBudget:
 
     def deposit(self, now: float) -> None:
         """Count one request made at ``now``."""
-        with self._lock:
-            self._requests[self._slot(now)] += 1
+        tick = int(now // self._width)
+        slot = tick % _BUCKETS
+        lock = self._lock
+        lock.acquire()
+        if self._stamps[slot] == tick:
+            self._requests[slot] += 1
+        else:
+            self._stamps[slot] = tick
+            self._requests[slot] = 1
+            self._retries[slot] = 0
+        lock.release()
 
     def try_withdraw(self, now: float) -> bool:
         """Take one retry from the budget at ``now``; ``False`` when none is left."""

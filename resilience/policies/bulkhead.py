@@ -136,13 +136,15 @@ class Bulkhead(Policy):
 
     def _leave(self) -> None:
         """Free a slot: hand it to the next waiter, if any."""
-        with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.granted = True
-            else:
-                self._active -= 1
-                return
+        lock = self._lock
+        lock.acquire()
+        if not self._waiters:
+            self._active -= 1
+            lock.release()
+            return
+        waiter = self._waiters.popleft()
+        waiter.granted = True
+        lock.release()
         waiter.wake()
 
     def _give_up(self, waiter: _Waiter) -> bool:
@@ -169,8 +171,18 @@ class Bulkhead(Policy):
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
+        lock, capacity = self._lock, self.max_concurrent
+
         def bulkhead_sync(ctx: CallContext) -> Any:
-            entry = self._enter(_ThreadWaiter)
+            # The uncontended path inlines _enter: this runs on every call.
+            lock.acquire()
+            if self._active < capacity and not self._waiters:
+                self._active += 1
+                lock.release()
+                entry: _Waiter | bool = True
+            else:
+                lock.release()
+                entry = self._enter(_ThreadWaiter)
             if entry is False:
                 raise self._rejected(ctx, "full")
             if entry is not True:
@@ -186,8 +198,17 @@ class Bulkhead(Policy):
         return bulkhead_sync
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
+        lock, capacity = self._lock, self.max_concurrent
+
         async def bulkhead_async(ctx: CallContext) -> Any:
-            entry = self._enter(_new_task_waiter)
+            lock.acquire()
+            if self._active < capacity and not self._waiters:
+                self._active += 1
+                lock.release()
+                entry: _Waiter | bool = True
+            else:
+                lock.release()
+                entry = self._enter(_new_task_waiter)
             if entry is False:
                 raise self._rejected(ctx, "full")
             if entry is not True:

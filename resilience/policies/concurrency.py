@@ -31,7 +31,7 @@ __all__ = [
     "Gradient2",
     "LimitAlgorithm",
     "LimitChanged",
-    "Permit",
+    "ConcurrencyPermit",
 ]
 
 
@@ -250,7 +250,7 @@ class Gradient2(LimitAlgorithm):
         )
 
 
-class Permit:
+class ConcurrencyPermit:
     """A call admitted by :meth:`ConcurrencyLimit.try_acquire`; give it back to :meth:`~ConcurrencyLimit.release`."""
 
     __slots__ = ("inflight", "start")
@@ -260,7 +260,7 @@ class Permit:
         self.inflight = inflight
 
     def __repr__(self) -> str:
-        return f"Permit(start={self.start!r}, inflight={self.inflight})"
+        return f"ConcurrencyPermit(start={self.start!r}, inflight={self.inflight})"
 
 
 class ConcurrencyLimit(Policy):
@@ -319,16 +319,16 @@ class ConcurrencyLimit(Policy):
 
     # -- the decision core ---------------------------------------------------------------
 
-    def try_acquire(self, now: float) -> Permit | None:
+    def try_acquire(self, now: float) -> ConcurrencyPermit | None:
         """Admit one call at ``now``: a permit, or ``None`` when the limit is reached."""
         with self._lock:
             inflight = self._inflight
             if inflight >= self._limit:
                 return None
             self._inflight = inflight = inflight + 1
-        return Permit(now, inflight)
+        return ConcurrencyPermit(now, inflight)
 
-    def release(self, permit: Permit, outcome: Outcome, now: float, ctx: CallContext | None = None) -> None:
+    def release(self, permit: ConcurrencyPermit, outcome: Outcome, now: float, ctx: CallContext | None = None) -> None:
         """The admitted call ended at ``now`` with ``outcome``; call exactly once per permit.
 
         ``ctx`` (optional) is the call's context: its listeners receive :class:`LimitChanged`
