@@ -72,7 +72,7 @@ def policies() -> dict[str, Callable[[], list[r.Policy]]]:
     }
     optional = {
         "CircuitBreaker": lambda: [r.CircuitBreaker()],  # type: ignore[attr-defined]
-        "RateLimit (limits, memory)": lambda: [r.RateLimit("1000000000/second")],  # type: ignore[attr-defined]
+        "RateLimit (limits fixed window, memory)": lambda: [r.RateLimit("1000000000/second", strategy="fixed-window")],  # type: ignore[attr-defined]
         "TokenBucket": lambda: [r.TokenBucket(rate=1e9, burst=1_000_000)],  # type: ignore[attr-defined]
         "AdaptiveThrottle": lambda: [r.AdaptiveThrottle()],  # type: ignore[attr-defined]
         "ConcurrencyLimit": lambda: [r.ConcurrencyLimit()],  # type: ignore[attr-defined]
@@ -90,7 +90,7 @@ def policies() -> dict[str, Callable[[], list[r.Policy]]]:
             r.Timeout(10),
             r.Retry(3),
             r.CircuitBreaker(),  # type: ignore[attr-defined]
-            r.RateLimit("1000000000/second"),  # type: ignore[attr-defined]
+            r.RateLimit("1000000000/second", strategy="fixed-window"),  # type: ignore[attr-defined]
             r.Bulkhead(64),
         ]
     if hasattr(r, "CircuitBreaker") and hasattr(r, "TokenBucket"):
@@ -105,7 +105,7 @@ def policies() -> dict[str, Callable[[], list[r.Policy]]]:
 
 
 def peers_sync() -> dict[str, Callable[[], Any]]:
-    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential_jitter(0.1, 10))
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_random_exponential(multiplier=0.1, max=10))
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     semaphore = threading.BoundedSemaphore(64)
     limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -139,7 +139,7 @@ def peers_sync() -> dict[str, Callable[[], Any]]:
 def peers_async() -> dict[str, Callable[[], Awaitable[Any]]]:
     retry_kwargs: dict[str, Any] = {
         "stop": tenacity.stop_after_attempt(3),
-        "wait": tenacity.wait_exponential_jitter(0.1, 10),
+        "wait": tenacity.wait_random_exponential(multiplier=0.1, max=10),
     }
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     semaphore = asyncio.Semaphore(64)
