@@ -11,26 +11,23 @@ discovery-aware channel over two server instances.
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 from concurrent import futures
 
 import grpc
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from interceptors._grpc_common import GrpcPolicies, MethodPolicy
-from interceptors.grpc import ResilienceInterceptor
+from interceptors.grpc import GrpcPolicies, MethodPolicy, ResilienceInterceptor
 from interceptors.grpc_channel import resilient_channel
 from interceptors.grpc_server import ServerResilienceInterceptor
-from resilience.balancing.base import RoundRobin
-from resilience.discovery.static import StaticDiscovery
-from resilience.pipeline import Pipeline
-from resilience.policies.backoff import ExponentialJitter
-from resilience.policies.circuit_breaker import CircuitBreaker
-from resilience.policies.retry import Retry
-from resilience.policies.timeout import Timeout
-from resilience.policies.token_bucket import TokenBucket
+from resilience import (
+    CircuitBreaker,
+    ExponentialJitter,
+    Pipeline,
+    Retry,
+    RoundRobin,
+    StaticDiscovery,
+    Timeout,
+    TokenBucket,
+)
 
 METHOD = "/demo.Greeter/SayHello"
 
