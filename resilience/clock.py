@@ -46,7 +46,9 @@ class Clock(Protocol):
 
 
 class TimerHandle(Protocol):
-    """What :meth:`Clock.call_at` returns."""
+    """What :meth:`Clock.call_at` returns: ``fired`` tells whether the callback ran."""
+
+    fired: bool
 
     def cancel(self) -> None: ...
 
@@ -176,12 +178,13 @@ class FakeClock:
 
 
 class _FakeTimer:
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("callback", "cancelled", "deadline", "fired")
 
     def __init__(self, deadline: float, callback: Callable[[], object]) -> None:
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
+        self.fired = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -189,16 +192,18 @@ class _FakeTimer:
     def fire(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            self.fired = True
             self.callback()
 
 
 class _Timer:
-    __slots__ = ("_timers", "callback", "deadline")
+    __slots__ = ("_timers", "callback", "deadline", "fired")
 
     def __init__(self, timers: _LoopTimers, deadline: float, callback: Callable[[], object]) -> None:
         self._timers = timers
         self.deadline = deadline
         self.callback = callback
+        self.fired = False
 
     def cancel(self) -> None:
         self._timers.entries.pop(self, None)
@@ -246,6 +251,7 @@ class _LoopTimers:
         if nearest != math.inf:
             self._arm(nearest)
         for timer in due:
+            timer.fired = True
             try:
                 timer.callback()
             except Exception:  # a callback's failure must not stop the others

@@ -14,7 +14,7 @@ import resilience
 def _public_modules() -> list[str]:
     names = []
     for info in pkgutil.walk_packages(resilience.__path__, "resilience."):
-        if any(part.startswith("_") for part in info.name.split(".")):
+        if info.name == "resilience.cli" or any(part.startswith("_") for part in info.name.split(".")):
             continue
         names.append(info.name)
     return names

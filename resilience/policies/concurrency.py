@@ -27,11 +27,11 @@ __all__ = [
     "AIMD",
     "ConcurrencyLimit",
     "ConcurrencyLimitRejected",
+    "ConcurrencyPermit",
     "FixedLimit",
     "Gradient2",
     "LimitAlgorithm",
     "LimitChanged",
-    "ConcurrencyPermit",
 ]
 
 

@@ -170,16 +170,15 @@ class Retry(Policy):
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        step = self._step
+        step, budget, result_check = self._step, self.budget, self.retry_if_result
 
         def retry_sync(ctx: CallContext) -> Any:
             clock = ctx.clock
-            if self.budget is not None:
-                self.budget.deposit(clock.monotonic())
+            if budget is not None:
+                budget.deposit(clock.monotonic())
             attempt, previous = 1, 0.0
+            ctx.attempt = 1
             while True:
-                ctx.attempt = attempt
-                ctx.pushback = None
                 try:
                     result = next(ctx)
                 except Exception as exc:
@@ -190,7 +189,7 @@ class Retry(Policy):
                             raise raise_ from exc
                         raise
                 else:
-                    if self.retry_if_result is None and not ctx.classifier.checks_results:
+                    if result_check is None and not ctx.classifier.checks_results:
                         return result
                     if not self._wants_result_retry(ctx, result):
                         return result
@@ -206,20 +205,21 @@ class Retry(Policy):
                     clock.sleep(delay)
                 previous = delay
                 attempt += 1
+                ctx.attempt = attempt
+                ctx.pushback = None
 
         return retry_sync
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        step = self._step
+        step, budget, result_check = self._step, self.budget, self.retry_if_result
 
         async def retry_async(ctx: CallContext) -> Any:
             clock = ctx.clock
-            if self.budget is not None:
-                self.budget.deposit(clock.monotonic())
+            if budget is not None:
+                budget.deposit(clock.monotonic())
             attempt, previous = 1, 0.0
+            ctx.attempt = 1
             while True:
-                ctx.attempt = attempt
-                ctx.pushback = None
                 try:
                     result = await next(ctx)
                 except Exception as exc:
@@ -230,7 +230,7 @@ class Retry(Policy):
                             raise raise_ from exc
                         raise
                 else:
-                    if self.retry_if_result is None and not ctx.classifier.checks_results:
+                    if result_check is None and not ctx.classifier.checks_results:
                         return result
                     if not self._wants_result_retry(ctx, result):
                         return result
@@ -246,6 +246,8 @@ class Retry(Policy):
                     await clock.asleep(delay)
                 previous = delay
                 attempt += 1
+                ctx.attempt = attempt
+                ctx.pushback = None
 
         return retry_async
 

@@ -93,12 +93,14 @@ class Timeout(Policy):
             if not own:
                 deadline = outer  # type: ignore[assignment]
             ctx.deadline = deadline
-            expiry = _Expiry(current_task())
-            handle = clock.call_at(deadline, expiry.fire)
+            task = current_task()
+            if task is None:
+                raise RuntimeError("an async Timeout must run inside an asyncio task")
+            handle = clock.call_at(deadline, task.cancel)
             try:
                 return await next(ctx)
             except asyncio.CancelledError:
-                if expiry.fired and expiry.task.uncancel() == 0:
+                if handle.fired and task.uncancel() == 0:
                     raise self._expired(ctx, own) from None
                 raise
             finally:
@@ -113,20 +115,3 @@ class Timeout(Policy):
 
 def _seconds(name: str, value: Seconds) -> float:
     return seconds(name, value)
-
-
-class _Expiry:
-    """Cancels the task running an attempt when its deadline comes."""
-
-    __slots__ = ("fired", "task")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        if task is None:
-            raise RuntimeError("an async Timeout must run inside an asyncio task")
-        self.task = task
-        self.fired = False
-
-    def fire(self) -> None:
-        if not self.task.done():
-            self.fired = True
-            self.task.cancel()
