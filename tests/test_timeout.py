@@ -84,7 +84,7 @@ async def test_async_timeout_cancels_the_awaited_work(clock: FakeClock) -> None:
         return "late"
 
     events: list[Event] = []
-    with pytest.raises(DeadlineExceededError, match="exceeded its 1.5s timeout"):
+    with pytest.raises(DeadlineExceededError, match=r"exceeded its 1\.5s timeout"):
         await Pipeline(Timeout(1.5), clock=clock, listeners=[events.append]).acall(slow)
     assert cancelled == [True]
     assert clock.monotonic() == 1.5
