@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,25 +22,28 @@ from typing import Any
 import grpc
 import grpc.aio
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from interceptors._grpc_common import MethodPolicy
-from interceptors.grpc import ResilienceInterceptor
+from interceptors.grpc import MethodPolicy, ResilienceInterceptor
 from interceptors.grpc_aio import aio_interceptors
 from interceptors.grpc_channel import AioResilientChannel, ResilientChannel
-from resilience.discovery.static import StaticDiscovery
-from resilience.pipeline import Pipeline
-from resilience.policies.bulkhead import Bulkhead
-from resilience.policies.circuit_breaker import CircuitBreaker
-from resilience.policies.retry import Retry
-from resilience.policies.timeout import Timeout
-from resilience.policies.token_bucket import TokenBucket
+from resilience import Bulkhead, CircuitBreaker, Pipeline, Retry, StaticDiscovery, Timeout, TokenBucket
 
 METHOD = "/bench.Echo/Unary"
 
 
 def _identity(value: bytes) -> bytes:
     return value
+
+
+class _PassThrough(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Does nothing: what grpc's interception machinery costs by itself."""
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(client_call_details, request)
+
+
+class _AioPassThrough(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(client_call_details, request)
 
 
 def _policy() -> MethodPolicy:
@@ -76,10 +78,12 @@ async def _time_aio(call: Callable[[], Awaitable[Any]], calls: int) -> float:
 
 def bench_sync(address: str, calls: int, rounds: int) -> dict[str, float]:
     bare = grpc.insecure_channel(address)
+    passthrough = grpc.intercept_channel(grpc.insecure_channel(address), _PassThrough())
     intercepted = grpc.intercept_channel(grpc.insecure_channel(address), ResilienceInterceptor(_policy()))
     resilient = ResilientChannel("bench", StaticDiscovery({"bench": [address]}), None, _policy())
     variants = {
         "bare channel": bare.unary_unary(METHOD, _identity, _identity),
+        "no-op interceptor (grpc alone)": passthrough.unary_unary(METHOD, _identity, _identity),
         "interceptor + pipeline": intercepted.unary_unary(METHOD, _identity, _identity),
         "discovery channel + pipeline": resilient.unary_unary(METHOD, _identity, _identity),
     }
@@ -93,16 +97,19 @@ def bench_sync(address: str, calls: int, rounds: int) -> dict[str, float]:
         return best
     finally:
         bare.close()
+        passthrough.close()
         intercepted.close()
         resilient.close()
 
 
 async def bench_aio(address: str, calls: int, rounds: int) -> dict[str, float]:
     bare = grpc.aio.insecure_channel(address)
+    passthrough = grpc.aio.insecure_channel(address, interceptors=[_AioPassThrough()])
     intercepted = grpc.aio.insecure_channel(address, interceptors=aio_interceptors(_policy()))
     resilient = AioResilientChannel("bench", StaticDiscovery({"bench": [address]}), None, _policy())
     variants = {
         "bare channel": bare.unary_unary(METHOD, _identity, _identity),
+        "no-op interceptor (grpc alone)": passthrough.unary_unary(METHOD, _identity, _identity),
         "interceptors + pipeline": intercepted.unary_unary(METHOD, _identity, _identity),
         "discovery channel + pipeline": resilient.unary_unary(METHOD, _identity, _identity),
     }
@@ -116,6 +123,7 @@ async def bench_aio(address: str, calls: int, rounds: int) -> dict[str, float]:
         return best
     finally:
         await bare.close()
+        await passthrough.close()
         await intercepted.close()
         await resilient.close()
 

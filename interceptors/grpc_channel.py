@@ -267,6 +267,7 @@ class _SyncCallable(_Callable):
         compression: Any,
         request_streaming: bool,
         response_streaming: bool,
+        with_call: bool = True,
     ) -> Any:
         pool, resolved = self._pool, self._resolved
         ctx = resolved.context(timeout)
@@ -283,16 +284,18 @@ class _SyncCallable(_Callable):
             try:
                 inner = self._on(sub)
                 requests = replay.attempt() if replay is not None else request
-                kwargs = {
-                    "timeout": attempt_timeout(ctx),
-                    "metadata": attempt_metadata(metadata, ctx),
-                    "credentials": credentials,
-                    "wait_for_ready": wait_for_ready,
-                    "compression": compression,
-                }
+                args = (
+                    requests,
+                    attempt_timeout(ctx),
+                    attempt_metadata(metadata, ctx),
+                    credentials,
+                    wait_for_ready,
+                    compression,
+                )
                 if not response_streaming:
-                    return inner.with_call(requests, **kwargs)
-                call = inner(requests, **kwargs)
+                    # A plain call needs no call object: grpc skips building one.
+                    return inner.with_call(*args) if with_call else inner(*args)
+                call = inner(*args)
                 streaming = call.add_callback(lambda: pool.leave(sub))
                 return read_first(call, ctx)
             except BaseException as exc:
@@ -336,7 +339,8 @@ class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiC
         wait_for_ready: Any = None,
         compression: Any = None,
     ) -> Any:
-        return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+        streaming = self._kind == "stream_unary"
+        return self._run(request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False, False)
 
     def future(
         self,

@@ -322,7 +322,8 @@ def test_attempt_timeout_deadline_exceeded_is_retried_when_configured(server: Ru
         assert client.call(UNARY, timeout=5) == b"a"
         assert time.monotonic() - started < 0.6
         assert server.service.of(UNARY)[0].time_remaining is not None
-        assert server.service.of(UNARY)[0].time_remaining <= 0.2  # type: ignore[operator]
+        # grpc carries deadlines with coarse precision: the server may see a hair over 0.2 s.
+        assert server.service.of(UNARY)[0].time_remaining <= 0.21  # type: ignore[operator]
     finally:
         client.close()
     assert server.service.count(UNARY) == 2
