@@ -95,27 +95,26 @@ class _Exchange:
     run concurrently, so nothing per attempt is stored on this object.
     """
 
-    __slots__ = ("body", "discovered", "original", "request", "router", "stream", "timeout")
+    __slots__ = ("body", "discovered", "original", "request", "router", "stream", "transport")
 
-    def __init__(self, router: Router, request: httpx.Request, ctx: CallContext, discovered: bool) -> None:
-        self.router = router
+    def __init__(self, transport: Any, request: httpx.Request, ctx: CallContext, discovered: bool) -> None:
+        self.transport = transport
+        self.router: Router = transport._router
         self.request = request
         self.original = request.extensions
-        timeout = self.original.get("timeout")
-        self.timeout: Mapping[str, float | None] | None = timeout if isinstance(timeout, Mapping) else None
         self.discovered = discovered
-        self.stream = request.stream
         self.body: _OnceBody | None = None
-        if not replayable(self.stream):
+        stream = self.stream = request.stream
+        if type(stream) is not httpx.ByteStream and not replayable(stream):
             # Sent at most once: no hedge, no retry once it started to go out (ctx.committed).
             ctx.idempotent = False
             body: _OnceBody
-            if isinstance(self.stream, httpx.SyncByteStream):
-                body = request.stream = OnceSyncStream(self.stream)
-            elif isinstance(self.stream, httpx.AsyncByteStream):
-                body = request.stream = OnceAsyncStream(self.stream)
+            if isinstance(stream, httpx.SyncByteStream):
+                body = request.stream = OnceSyncStream(stream)
+            elif isinstance(stream, httpx.AsyncByteStream):
+                body = request.stream = OnceAsyncStream(stream)
             else:  # pragma: no cover - httpx always gives one of the two
-                raise TypeError(f"unsupported request stream {self.stream!r}")
+                raise TypeError(f"unsupported request stream {stream!r}")
             self.body = body
 
     def prepare(self, ctx: CallContext) -> tuple[httpx.Request, Endpoint | None]:
@@ -123,7 +122,7 @@ class _Exchange:
         router = self.router
         extensions = None
         if ctx.deadline is not None:
-            extensions = {**self.original, "timeout": router.attempt_timeout(ctx, self.timeout)}
+            extensions = router.attempt_extensions(ctx, self.original)
         body = self.body
         if body is not None:
             if body.started:
@@ -145,14 +144,15 @@ class _Exchange:
 
     def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
         router = self.router
-        if response.status_code in router.classifier.failure_statuses:
+        if response.status_code in router.failure_statuses:
             router.pushback(ctx, response)
         return response
 
     def finish(self) -> None:
         """Give the caller's request back as it was."""
         request = self.request
-        request.extensions = self.original
+        if request.extensions is not self.original:
+            request.extensions = self.original
         if self.body is not None:
             request.stream = self.stream
 
@@ -246,11 +246,9 @@ class ResilientTransport(httpx.BaseTransport):
 
 
 class _SyncExchange(_Exchange):
-    __slots__ = ("transport",)
+    __slots__ = ()
 
-    def __init__(self, transport: ResilientTransport, request: httpx.Request, ctx: CallContext, discovered: bool):
-        super().__init__(transport._router, request, ctx, discovered)
-        self.transport = transport
+    transport: ResilientTransport
 
     def __call__(self, ctx: CallContext) -> httpx.Response:
         request, endpoint = self.prepare(ctx)
@@ -349,13 +347,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
 
 
 class _AsyncExchange(_Exchange):
-    __slots__ = ("transport",)
+    __slots__ = ()
 
-    def __init__(
-        self, transport: AsyncResilientTransport, request: httpx.Request, ctx: CallContext, discovered: bool
-    ) -> None:
-        super().__init__(transport._router, request, ctx, discovered)
-        self.transport = transport
+    transport: AsyncResilientTransport
 
     async def __call__(self, ctx: CallContext) -> httpx.Response:
         request, endpoint = self.prepare(ctx)
