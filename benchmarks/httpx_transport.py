@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import subprocess
@@ -137,82 +138,103 @@ async def time_async(fn: Callable[[], Awaitable[Any]], n: int) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
-def compare_sync(bare: Callable[[], Any], resilient: Callable[[], Any], n: int, rounds: int) -> tuple[float, float]:
-    time_sync(bare, n // 10)  # warm up: connections, caches
-    time_sync(resilient, n // 10)
-    best_bare = best_res = float("inf")
+Row = tuple[str, float, float]
+Case = tuple[str, Callable[[], Any]]
+
+
+def compare_sync(backend: str, bare: Callable[[], Any], cases: list[Case], n: int, rounds: int) -> list[Row]:
+    """Time the bare call and each case in turn, ``rounds`` times; keep each one's best round."""
+    for fn in [bare] + [fn for _, fn in cases]:
+        time_sync(fn, n // 10)  # warm up: connections, caches
+    best_bare = float("inf")
+    best = [float("inf")] * len(cases)
     for _ in range(rounds):
         best_bare = min(best_bare, time_sync(bare, n))
-        best_res = min(best_res, time_sync(resilient, n))
-    return best_bare, best_res
+        for i, (_, fn) in enumerate(cases):
+            best[i] = min(best[i], time_sync(fn, n))
+    return [(f"sync, {backend}, {label}", best_bare, b) for (label, _), b in zip(cases, best, strict=True)]
 
 
 async def compare_async(
-    bare: Callable[[], Awaitable[Any]], resilient: Callable[[], Awaitable[Any]], n: int, rounds: int
-) -> tuple[float, float]:
-    await time_async(bare, n // 10)
-    await time_async(resilient, n // 10)
-    best_bare = best_res = float("inf")
+    backend: str,
+    bare: Callable[[], Awaitable[Any]],
+    cases: list[tuple[str, Callable[[], Awaitable[Any]]]],
+    n: int,
+    rounds: int,
+) -> list[Row]:
+    for fn in [bare] + [fn for _, fn in cases]:
+        await time_async(fn, n // 10)
+    best_bare = float("inf")
+    best = [float("inf")] * len(cases)
     for _ in range(rounds):
         best_bare = min(best_bare, await time_async(bare, n))
-        best_res = min(best_res, await time_async(resilient, n))
-    return best_bare, best_res
+        for i, (_, fn) in enumerate(cases):
+            best[i] = min(best[i], await time_async(fn, n))
+    return [(f"async, {backend}, {label}", best_bare, b) for (label, _), b in zip(cases, best, strict=True)]
 
 
-Row = tuple[str, float, float]
+def pipelines() -> list[tuple[str, Pipeline]]:
+    full, _ = full_pipeline()
+    return [
+        ("no policy", Pipeline()),
+        ("Timeout+Retry+Bulkhead", Pipeline(Timeout(30.0), Retry(3), Bulkhead(64))),
+        ("full pipeline", full),
+    ]
+
+
+_DISCOVERY = {"backend": ["10.0.0.1:80", "10.0.0.2:80"]}
 
 
 def run_sync(url: str | None, n: int, rounds: int) -> list[Row]:
-    pipeline, _ = full_pipeline()
-    rows: list[Row] = []
+    clients: list[tuple[str, httpx.Client, str]] = []
     if url is None:
-        target = "http://backend.test/items"
+        backend, target = "MockTransport", "http://backend.test/items"
         bare = httpx.Client(transport=httpx.MockTransport(ok))
-        res = httpx.Client(transport=ResilientTransport(httpx.MockTransport(ok), pipeline=pipeline))
-        discovery = StaticDiscovery({"backend": ["10.0.0.1:80", "10.0.0.2:80"]})
-        disc = httpx.Client(
-            transport=ResilientTransport(httpx.MockTransport(ok), pipeline=pipeline, discovery=discovery)
+        for label, pipeline in pipelines():
+            transport = ResilientTransport(httpx.MockTransport(ok), pipeline=pipeline)
+            clients.append((label, httpx.Client(transport=transport), target))
+        transport = ResilientTransport(
+            httpx.MockTransport(ok), pipeline=full_pipeline()[0], discovery=StaticDiscovery(_DISCOVERY)
         )
-        with bare, res, disc:
-            b, r = compare_sync(lambda: bare.get(target), lambda: res.get(target), n, rounds)
-            rows.append(("sync, MockTransport", b, r))
-            b, r = compare_sync(lambda: bare.get(target), lambda: disc.get("http://backend/items"), n, rounds)
-            rows.append(("sync, MockTransport, discovery", b, r))
-        return rows
-    with (
-        httpx.Client(transport=httpx.HTTPTransport()) as bare,
-        httpx.Client(transport=ResilientTransport(pipeline=pipeline)) as res,
-    ):
-        b, r = compare_sync(lambda: bare.get(url), lambda: res.get(url), n, rounds)
-        rows.append(("sync, loopback server", b, r))
-    return rows
+        clients.append(("full + discovery", httpx.Client(transport=transport), "http://backend/items"))
+    else:
+        backend, target = "loopback", url
+        bare = httpx.Client(transport=httpx.HTTPTransport())
+        for label, pipeline in pipelines():
+            clients.append((label, httpx.Client(transport=ResilientTransport(pipeline=pipeline)), url))
+    try:
+        cases: list[Case] = [(label, functools.partial(c.get, u)) for label, c, u in clients]
+        return compare_sync(backend, functools.partial(bare.get, target), cases, n, rounds)
+    finally:
+        bare.close()
+        for _, client, _ in clients:
+            client.close()
 
 
 async def run_async(url: str | None, n: int, rounds: int) -> list[Row]:
-    pipeline, _ = full_pipeline()
-    rows: list[Row] = []
+    clients: list[tuple[str, httpx.AsyncClient, str]] = []
     if url is None:
-        target = "http://backend.test/items"
-        discovery = StaticDiscovery({"backend": ["10.0.0.1:80", "10.0.0.2:80"]})
-        async with (
-            httpx.AsyncClient(transport=httpx.MockTransport(ok)) as bare,
-            httpx.AsyncClient(transport=AsyncResilientTransport(httpx.MockTransport(ok), pipeline=pipeline)) as res,
-            httpx.AsyncClient(
-                transport=AsyncResilientTransport(httpx.MockTransport(ok), pipeline=pipeline, discovery=discovery)
-            ) as disc,
-        ):
-            b, r = await compare_async(lambda: bare.get(target), lambda: res.get(target), n, rounds)
-            rows.append(("async, MockTransport", b, r))
-            b, r = await compare_async(lambda: bare.get(target), lambda: disc.get("http://backend/items"), n, rounds)
-            rows.append(("async, MockTransport, discovery", b, r))
-        return rows
-    async with (
-        httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as bare,
-        httpx.AsyncClient(transport=AsyncResilientTransport(pipeline=pipeline)) as res,
-    ):
-        b, r = await compare_async(lambda: bare.get(url), lambda: res.get(url), n, rounds)
-        rows.append(("async, loopback server", b, r))
-    return rows
+        backend, target = "MockTransport", "http://backend.test/items"
+        bare = httpx.AsyncClient(transport=httpx.MockTransport(ok))
+        for label, pipeline in pipelines():
+            transport = AsyncResilientTransport(httpx.MockTransport(ok), pipeline=pipeline)
+            clients.append((label, httpx.AsyncClient(transport=transport), target))
+        transport = AsyncResilientTransport(
+            httpx.MockTransport(ok), pipeline=full_pipeline()[0], discovery=StaticDiscovery(_DISCOVERY)
+        )
+        clients.append(("full + discovery", httpx.AsyncClient(transport=transport), "http://backend/items"))
+    else:
+        backend, target = "loopback", url
+        bare = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
+        for label, pipeline in pipelines():
+            clients.append((label, httpx.AsyncClient(transport=AsyncResilientTransport(pipeline=pipeline)), url))
+    try:
+        cases = [(label, functools.partial(c.get, u)) for label, c, u in clients]
+        return await compare_async(backend, functools.partial(bare.get, target), cases, n, rounds)
+    finally:
+        await bare.aclose()
+        for _, client, _ in clients:
+            await client.aclose()
 
 
 def main() -> None:
@@ -233,13 +255,13 @@ def main() -> None:
         rows += asyncio.run(run_async(server.url, n_real, rounds))
 
     print(f"httpx {httpx.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
-    print(f"pipeline: {' + '.join(names)}; best of {rounds} rounds; µs per request")
+    print(f"full pipeline: {' + '.join(names)}; best of {rounds} rounds; µs per request")
     print()
-    print(f"{'case':34s} {'bare':>9s} {'resilient':>10s} {'ratio':>7s} {'added':>9s} {'added %':>8s}")
+    print(f"{'case':48s} {'bare':>9s} {'resilient':>10s} {'ratio':>7s} {'added':>9s} {'added %':>8s}")
     for name, bare_us, res_us in rows:
         added = res_us - bare_us
         print(
-            f"{name:34s} {bare_us:9.1f} {res_us:10.1f} {res_us / bare_us:7.3f} {added:9.1f} {added / bare_us * 100:7.1f}%"
+            f"{name:48s} {bare_us:9.1f} {res_us:10.1f} {res_us / bare_us:7.3f} {added:9.1f} {added / bare_us * 100:7.1f}%"
         )
 
 

@@ -36,6 +36,14 @@ Per-request options go in ``request.extensions["resilience"]`` (see
 
     client.post(url, json=order, extensions={"resilience": {"idempotent": True, "timeout": 2.0}})
 
+**Deadlines.** httpx's timeouts bound each network operation (connect, each read, each
+write, the wait for a pooled connection), not the whole exchange; the transport gives every
+attempt the time left before the call's deadline as each of them, keeping the request's own
+when they are shorter. A sync :class:`~resilience.Timeout` cannot interrupt a blocking call,
+so this is what bounds a sync request; an async one is also cancelled at the deadline. The
+body of a streamed response is read by the caller after the call returned: its reads keep
+the read timeout of the attempt that answered.
+
 Errors of the policies (:class:`~resilience.CircuitOpenError`,
 :class:`~resilience.DeadlineExceededError`, ...) propagate out of the client's call as
 they are, next to httpx's own errors.
@@ -95,13 +103,12 @@ class _Exchange:
     run concurrently, so nothing per attempt is stored on this object.
     """
 
-    __slots__ = ("body", "discovered", "original", "request", "router", "stream", "transport")
+    __slots__ = ("body", "discovered", "request", "router", "stream", "transport")
 
     def __init__(self, transport: Any, request: httpx.Request, ctx: CallContext, discovered: bool) -> None:
         self.transport = transport
         self.router: Router = transport._router
         self.request = request
-        self.original = request.extensions
         self.discovered = discovered
         self.body: _OnceBody | None = None
         stream = self.stream = request.stream
@@ -122,7 +129,7 @@ class _Exchange:
         router = self.router
         extensions = None
         if ctx.deadline is not None:
-            extensions = router.attempt_extensions(ctx, self.original)
+            extensions = router.attempt_extensions(ctx, self.request.extensions)
         body = self.body
         if body is not None:
             if body.started:
@@ -135,11 +142,10 @@ class _Exchange:
                 endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header),
                 endpoint,
             )
-        if ctx.hedge:
-            # A hedge runs alongside the primary attempt: it gets its own copy.
-            return endpoint_request(request, None, extensions, rewrite_host_header=False), None
         if extensions is not None:
-            request.extensions = extensions  # restored by finish()
+            # The caller's request is never changed: an attempt with its own timeouts gets a
+            # copy (a hedge or an abandoned attempt may still run when the call returns).
+            return endpoint_request(request, None, extensions, rewrite_host_header=False), None
         return request, None
 
     def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
@@ -150,11 +156,8 @@ class _Exchange:
 
     def finish(self) -> None:
         """Give the caller's request back as it was."""
-        request = self.request
-        if request.extensions is not self.original:
-            request.extensions = self.original
         if self.body is not None:
-            request.stream = self.stream
+            self.request.stream = self.stream
 
 
 def _checked(response: object) -> httpx.Response:

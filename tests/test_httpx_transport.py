@@ -888,3 +888,40 @@ async def test_a_rate_limit_rejects_before_sending(make: Callable[..., Harness],
         await client.get(server.url)
     assert caught.value.retry_after == pytest.approx(1.0)
     assert len(server.requests) == 2
+
+
+async def test_the_call_is_committed_once_returned(make: Callable[..., Harness], server: HttpServer) -> None:
+    spy = Spy()
+    client = make(pipeline=Pipeline(spy, clock=FakeClock()))
+    await client.get(server.url)
+    assert spy.contexts[0].committed
+
+
+def test_which_bodies_can_be_replayed() -> None:
+    from interceptors._httpx_core import replayable
+
+    class Pipe(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+    def gen() -> Iterator[bytes]:
+        yield b"x"
+
+    assert replayable(httpx.Request("POST", "http://x", content=b"abc").stream)
+    assert replayable(httpx.Request("POST", "http://x", json={"a": 1}).stream)
+    assert replayable(httpx.Request("POST", "http://x", files={"f": io.BytesIO(b"data")}).stream)
+    assert not replayable(httpx.Request("POST", "http://x", files={"f": Pipe()}).stream)
+    assert not replayable(httpx.Request("POST", "http://x", content=gen()).stream)
+
+
+def test_exports_are_complete() -> None:
+    import interceptors._httpx_core as core
+    import interceptors.httpx as module
+
+    for name in module.__all__:
+        assert hasattr(module, name), name
+    assert set(core.__all__) <= set(module.__all__)
+    assert sorted(module.__all__) == sorted(set(module.__all__))
