@@ -17,14 +17,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from interceptors.httpx import AsyncResilientTransport, ResilientTransport, Route
-from resilience.discovery.static import StaticDiscovery
-from resilience.errors import ResilienceError
-from resilience.pipeline import Pipeline
-from resilience.policies.backoff import ExponentialJitter
-from resilience.policies.bulkhead import Bulkhead
-from resilience.policies.circuit_breaker import CircuitBreaker
-from resilience.policies.retry import Retry
-from resilience.policies.timeout import Timeout
+from resilience import (
+    Bulkhead,
+    CircuitBreaker,
+    ExponentialJitter,
+    Pipeline,
+    ResilienceError,
+    Retry,
+    StaticDiscovery,
+    Timeout,
+)
 
 
 def policies(service: str) -> Pipeline:
