@@ -92,7 +92,7 @@ class Bulkhead(Policy):
         name: the policy's name in events (default ``"bulkhead"``).
     """
 
-    __slots__ = ("_active", "_lock", "_waiters", "max_concurrent", "max_queue", "max_wait")
+    __slots__ = ("_lock", "_slots", "_waiters", "max_concurrent", "max_queue", "max_wait")
 
     def __init__(
         self,
@@ -107,13 +107,16 @@ class Bulkhead(Policy):
         self.max_queue = integer("max_queue", max_queue, minimum=0, maximum=1_000_000)
         self.max_wait = seconds("max_wait", max_wait, allow_none=True)
         self._lock = threading.Lock()
-        self._active = 0
+        # Free slots, one item each. deque.pop() and append() are atomic, which lets a call
+        # take and give back a slot without the lock while nobody waits; the lock guards the
+        # queue of waiters and every hand-over to a waiter.
+        self._slots: deque[None] = deque([None] * self.max_concurrent)
         self._waiters: deque[_Waiter] = deque()
 
     @property
     def active(self) -> int:
         """Calls inside the bulkhead now."""
-        return self._active
+        return self.max_concurrent - len(self._slots)
 
     @property
     def queued(self) -> int:
@@ -122,30 +125,57 @@ class Bulkhead(Policy):
 
     # -- the decision core ---------------------------------------------------------------
 
+    def _try_take(self) -> bool:
+        """Take a free slot unless someone waits for one (first come, first served)."""
+        if self._waiters:
+            return False
+        try:
+            self._slots.pop()
+        except IndexError:
+            return False
+        return True
+
     def _enter(self, waiter_factory: Any) -> _Waiter | bool:
         """Take a slot (``True``), join the queue (a waiter), or be refused (``False``)."""
+        woken: _Waiter | None = None
         with self._lock:
-            if self._active < self.max_concurrent and not self._waiters:
-                self._active += 1
+            if self._try_take():
                 return True
             if len(self._waiters) >= self.max_queue:
                 return False
             waiter: _Waiter = waiter_factory()
             self._waiters.append(waiter)
-            return waiter
+            # A slot freed since the first look, by a caller who saw no waiter, goes to
+            # the head of the queue now (see _leave for the other half of this hand-shake).
+            try:
+                self._slots.pop()
+            except IndexError:
+                return waiter
+            woken = self._waiters.popleft()
+            woken.granted = True
+            if woken is waiter:
+                return True
+        woken.wake()
+        return waiter
 
     def _leave(self) -> None:
         """Free a slot: hand it to the next waiter, if any."""
-        lock = self._lock
-        lock.acquire()
-        if not self._waiters:
-            self._active -= 1
-            lock.release()
-            return
-        waiter = self._waiters.popleft()
-        waiter.granted = True
-        lock.release()
-        waiter.wake()
+        self._slots.append(None)
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give free slots to waiters. After its append, _leave looks at the queue again:
+        a waiter that enqueued after the slot was freed but missed it is served here."""
+        woken = []
+        with self._lock:
+            while self._waiters and self._slots:
+                self._slots.pop()
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                woken.append(waiter)
+        for waiter in woken:
+            waiter.wake()
 
     def _give_up(self, waiter: _Waiter) -> bool:
         """A waiter stops waiting. ``True`` if it leaves empty-handed; ``False`` if it holds a slot."""
@@ -161,7 +191,7 @@ class Bulkhead(Policy):
 
     def _rejected(self, ctx: CallContext, reason: str) -> BulkheadFullError:
         if ctx.listeners:
-            emit(ctx.listeners, BulkheadRejected(self.name, ctx, reason, self._active, len(self._waiters)))
+            emit(ctx.listeners, BulkheadRejected(self.name, ctx, reason, self.active, len(self._waiters)))
         if reason == "full":
             message = f"{self.name}: all {self.max_concurrent} slots taken and the queue of {self.max_queue} is full"
         else:
@@ -171,18 +201,19 @@ class Bulkhead(Policy):
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        lock, capacity = self._lock, self.max_concurrent
+        slots, waiters = self._slots, self._waiters
 
         def bulkhead_sync(ctx: CallContext) -> Any:
-            # The uncontended path inlines _enter: this runs on every call.
-            lock.acquire()
-            if self._active < capacity and not self._waiters:
-                self._active += 1
-                lock.release()
-                entry: _Waiter | bool = True
-            else:
-                lock.release()
+            # The uncontended path inlines _try_take: this runs on every call.
+            entry: _Waiter | bool
+            if waiters or not slots:
                 entry = self._enter(_ThreadWaiter)
+            else:
+                try:
+                    slots.pop()
+                    entry = True
+                except IndexError:
+                    entry = self._enter(_ThreadWaiter)
             if entry is False:
                 raise self._rejected(ctx, "full")
             if entry is not True:
@@ -193,22 +224,25 @@ class Bulkhead(Policy):
             try:
                 return next(ctx)
             finally:
-                self._leave()
+                slots.append(None)  # _leave, inlined
+                if waiters:
+                    self._hand_over()
 
         return bulkhead_sync
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        lock, capacity = self._lock, self.max_concurrent
+        slots, waiters = self._slots, self._waiters
 
         async def bulkhead_async(ctx: CallContext) -> Any:
-            lock.acquire()
-            if self._active < capacity and not self._waiters:
-                self._active += 1
-                lock.release()
-                entry: _Waiter | bool = True
-            else:
-                lock.release()
+            entry: _Waiter | bool
+            if waiters or not slots:
                 entry = self._enter(_new_task_waiter)
+            else:
+                try:
+                    slots.pop()
+                    entry = True
+                except IndexError:
+                    entry = self._enter(_new_task_waiter)
             if entry is False:
                 raise self._rejected(ctx, "full")
             if entry is not True:
@@ -235,7 +269,9 @@ class Bulkhead(Policy):
             try:
                 return await next(ctx)
             finally:
-                self._leave()
+                slots.append(None)  # _leave, inlined
+                if waiters:
+                    self._hand_over()
 
         return bulkhead_async
 
