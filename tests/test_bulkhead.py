@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -270,3 +271,34 @@ def test_sync_waiter_times_out() -> None:
 def test_invalid_bulkhead_options(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Bulkhead(**kwargs)
+
+
+def test_no_slot_is_lost_or_doubled_under_churn() -> None:
+    # Slots are taken and returned without the lock while nobody waits; a lost hand-over
+    # would leave a waiter stranded (it would give up after max_wait and be counted below).
+    bulkhead = Bulkhead(3, max_queue=32, max_wait=10)
+    pipeline = Pipeline(bulkhead)
+    gauge = Gauge()
+    rejected: list[int] = []
+
+    def work() -> None:
+        gauge.enter()
+        time.sleep(0)  # let the others in while this call holds its slot
+        gauge.leave()
+
+    def worker() -> None:
+        for _ in range(300):
+            try:
+                pipeline.call(work)
+            except BulkheadFullError:
+                rejected.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert rejected == []
+    assert gauge.admitted == 16 * 300
+    assert gauge.peak == 3  # the slots were contended, and never more than 3 were taken
+    assert bulkhead.active == 0 and bulkhead.queued == 0
