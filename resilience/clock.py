@@ -36,11 +36,14 @@ class Clock(Protocol):
 
     async def asleep(self, seconds: float) -> None: ...
 
-    def call_at(self, deadline: float, callback: Callable[[], object]) -> TimerHandle:
+    def call_at(
+        self, deadline: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop | None = None
+    ) -> TimerHandle:
         """Run ``callback`` in the running event loop at ``deadline`` (on ``monotonic()``).
 
-        Must be called from a running event loop; the returned handle's ``cancel()``
-        takes the callback back. Async timeouts and bounded waits are built on this.
+        Must be called from a running event loop (``loop``, when the caller has it at
+        hand); the returned handle's ``cancel()`` takes the callback back. Async timeouts
+        and bounded waits are built on this.
         """
         ...
 
@@ -65,9 +68,12 @@ class SystemClock:
     async def asleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    def call_at(self, deadline: float, callback: Callable[[], object]) -> TimerHandle:
+    def call_at(
+        self, deadline: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop | None = None
+    ) -> TimerHandle:
         global _last_timers
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         timers = _last_timers
         if timers is None or timers.loop is not loop:
             timers = _loop_timers.get(loop)
@@ -154,7 +160,9 @@ class FakeClock:
                 break  # this very sleep is being cancelled: time stops at the deadline
         await asyncio.sleep(0)
 
-    def call_at(self, deadline: float, callback: Callable[[], object]) -> TimerHandle:
+    def call_at(
+        self, deadline: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop | None = None
+    ) -> TimerHandle:
         """Schedule ``callback`` for when fake time reaches ``deadline``.
 
         It runs inside :meth:`advance` or :meth:`sleep`/:meth:`asleep`, at once if the
@@ -197,16 +205,20 @@ class _FakeTimer:
 
 
 class _Timer:
-    __slots__ = ("_timers", "callback", "deadline", "fired")
+    """A pending deadline of a :class:`_LoopTimers`; built by ``add`` without ``__init__``."""
 
-    def __init__(self, timers: _LoopTimers, deadline: float, callback: Callable[[], object]) -> None:
-        self._timers = timers
-        self.deadline = deadline
-        self.callback = callback
-        self.fired = False
+    __slots__ = ("_entries", "callback", "deadline", "fired")
+
+    _entries: dict[_Timer, None]
+    callback: Callable[[], object]
+    deadline: float
+    fired: bool
 
     def cancel(self) -> None:
-        self._timers.entries.pop(self, None)
+        self._entries.pop(self, None)
+
+
+_new_timer = object.__new__
 
 
 class _LoopTimers:
@@ -227,8 +239,13 @@ class _LoopTimers:
         self.armed_at = math.inf
 
     def add(self, deadline: float, callback: Callable[[], object]) -> _Timer:
-        timer = _Timer(self, deadline, callback)
-        self.entries[timer] = None
+        # Every async Timeout passes here: built field by field, without an __init__ frame.
+        timer: _Timer = _new_timer(_Timer)
+        timer._entries = entries = self.entries
+        timer.deadline = deadline
+        timer.callback = callback
+        timer.fired = False
+        entries[timer] = None
         if deadline < self.armed_at:
             self._arm(deadline)
         return timer
