@@ -51,3 +51,20 @@ def test_core_does_not_import_grpc_or_httpx() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "interceptors.grpc",
+        "interceptors.grpc_aio",
+        "interceptors.grpc_channel",
+        "interceptors.grpc_server",
+        "interceptors.httpx",
+    ],
+)
+def test_adapter_modules_export_what_they_list(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert module.__all__, module_name
+    for name in module.__all__:
+        assert hasattr(module, name), f"{module_name}.{name}"
