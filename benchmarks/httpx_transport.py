@@ -215,6 +215,9 @@ def run_sync(url: str | None, n: int, rounds: int) -> list[Row]:
     else:
         backend, target = "loopback", url
         bare = httpx.Client(transport=httpx.HTTPTransport())
+        # Control: a second bare client timed like the cases. What it shows as "added" is the
+        # bias of the method itself (order in the round, the server's share of the 2 cores).
+        clients.append(("control: another bare client", httpx.Client(transport=httpx.HTTPTransport()), url))
         for label, pipeline in pipelines():
             clients.append((label, httpx.Client(transport=ResilientTransport(pipeline=pipeline)), url))
     try:
@@ -241,6 +244,7 @@ async def run_async(url: str | None, n: int, rounds: int) -> list[Row]:
     else:
         backend, target = "loopback", url
         bare = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport())
+        clients.append(("control: another bare client", httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()), url))
         for label, pipeline in pipelines():
             clients.append((label, httpx.AsyncClient(transport=AsyncResilientTransport(pipeline=pipeline)), url))
     try:
