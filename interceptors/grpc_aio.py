@@ -41,7 +41,6 @@ from ._grpc_common import (
     PREVIOUS_ATTEMPTS_KEY,
     GrpcPolicies,
     MethodPolicy,
-    ResolvedMethod,
     as_policies,
 )
 from .grpc import attempt_timeout, record_pushback
@@ -169,18 +168,44 @@ class AsyncReplayableRequests:
 
 
 class AioResilienceInterceptor:
-    """Shared part of the four per-kind interceptors: the policy table and the call set-up."""
+    """Shared part of the four per-kind interceptors: the policy table and the call itself."""
 
     __slots__ = ("policies",)
 
     def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None) -> None:
         self.policies = as_policies(policies)
 
-    def _resolve(self, details: Any) -> ResolvedMethod:
+    async def _intercept(
+        self,
+        continuation: Callable[..., Any],
+        details: Any,
+        request: Any,
+        request_streaming: bool,
+        response_streaming: bool,
+    ) -> Any:
         method = details.method
-        if isinstance(method, bytes):
-            method = method.decode()
-        return self.policies.resolve(method)
+        resolved = self.policies.resolve(method.decode() if isinstance(method, bytes) else method)
+        pipeline = resolved.pipeline
+        if pipeline is None or (request_streaming and _written(request)):
+            return await continuation(details, request)
+        ctx = resolved.context(details.timeout)
+        first_deadline = ctx.deadline
+        replay = None
+        if request_streaming and resolved.replays:
+            replay = AsyncReplayableRequests(request, resolved.buffer_limit, ctx)
+
+        async def attempt(ctx: CallContext) -> Any:
+            if ctx.attempt == 1 and ctx.hedge == 0 and ctx.deadline is first_deadline:
+                this = details  # the first attempt goes out as the caller sent it
+            else:
+                this = _attempt_details(details, ctx)
+            call = await continuation(this, replay.attempt() if replay is not None else request)
+            if response_streaming:
+                return await read_first(call, ctx)
+            await await_unary(call, ctx)
+            return call
+
+        return await pipeline.aexecute(attempt, ctx)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policies!r})"
@@ -195,31 +220,13 @@ def _written(request_iterator: Any) -> bool:
     return getattr(request_iterator, "__qualname__", "").endswith("_proxy_writes_as_request_iterator")
 
 
-def _first_attempt(details: Any, ctx: CallContext, first_deadline: float | None) -> Any:
-    if ctx.attempt == 1 and ctx.hedge == 0 and ctx.deadline is first_deadline:
-        return details
-    return _attempt_details(details, ctx)
-
-
 class _UnaryUnary(AioResilienceInterceptor, _c.AioUnaryUnaryClientInterceptor):
     __slots__ = ()
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        resolved = self._resolve(client_call_details)
-        pipeline = resolved.pipeline
-        if pipeline is None:
-            return await continuation(client_call_details, request)
-        ctx = resolved.context(client_call_details.timeout)
-        first_deadline = ctx.deadline
-
-        async def attempt(ctx: CallContext) -> Any:
-            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), request)
-            await await_unary(call, ctx)
-            return call
-
-        return await pipeline.aexecute(attempt, ctx)
+        return await self._intercept(continuation, client_call_details, request, False, False)
 
 
 class _UnaryStream(AioResilienceInterceptor, _c.AioUnaryStreamClientInterceptor):
@@ -228,18 +235,7 @@ class _UnaryStream(AioResilienceInterceptor, _c.AioUnaryStreamClientInterceptor)
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        resolved = self._resolve(client_call_details)
-        pipeline = resolved.pipeline
-        if pipeline is None:
-            return await continuation(client_call_details, request)
-        ctx = resolved.context(client_call_details.timeout)
-        first_deadline = ctx.deadline
-
-        async def attempt(ctx: CallContext) -> StreamRest:
-            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), request)
-            return await read_first(call, ctx)
-
-        return await pipeline.aexecute(attempt, ctx)
+        return await self._intercept(continuation, client_call_details, request, False, True)
 
 
 class _StreamUnary(AioResilienceInterceptor, _c.AioStreamUnaryClientInterceptor):
@@ -248,21 +244,7 @@ class _StreamUnary(AioResilienceInterceptor, _c.AioStreamUnaryClientInterceptor)
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
     ) -> Any:
-        resolved = self._resolve(client_call_details)
-        pipeline = resolved.pipeline
-        if pipeline is None or _written(request_iterator):
-            return await continuation(client_call_details, request_iterator)
-        ctx = resolved.context(client_call_details.timeout)
-        first_deadline = ctx.deadline
-        replay = AsyncReplayableRequests(request_iterator, resolved.buffer_limit, ctx) if resolved.replays else None
-
-        async def attempt(ctx: CallContext) -> Any:
-            requests = replay.attempt() if replay is not None else request_iterator
-            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), requests)
-            await await_unary(call, ctx)
-            return call
-
-        return await pipeline.aexecute(attempt, ctx)
+        return await self._intercept(continuation, client_call_details, request_iterator, True, False)
 
 
 class _StreamStream(AioResilienceInterceptor, _c.AioStreamStreamClientInterceptor):
@@ -271,20 +253,7 @@ class _StreamStream(AioResilienceInterceptor, _c.AioStreamStreamClientIntercepto
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
     ) -> Any:
-        resolved = self._resolve(client_call_details)
-        pipeline = resolved.pipeline
-        if pipeline is None or _written(request_iterator):
-            return await continuation(client_call_details, request_iterator)
-        ctx = resolved.context(client_call_details.timeout)
-        first_deadline = ctx.deadline
-        replay = AsyncReplayableRequests(request_iterator, resolved.buffer_limit, ctx) if resolved.replays else None
-
-        async def attempt(ctx: CallContext) -> StreamRest:
-            requests = replay.attempt() if replay is not None else request_iterator
-            call = await continuation(_first_attempt(client_call_details, ctx, first_deadline), requests)
-            return await read_first(call, ctx)
-
-        return await pipeline.aexecute(attempt, ctx)
+        return await self._intercept(continuation, client_call_details, request_iterator, True, True)
 
 
 def aio_interceptors(policies: GrpcPolicies | MethodPolicy | Any = None) -> list[grpc.aio.ClientInterceptor]:
