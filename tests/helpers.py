@@ -1,12 +1,13 @@
-"""Run the same scenario through a pipeline's sync and async paths."""
+"""Shared test helpers: run a scenario through a pipeline's sync and async paths, count calls inside."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from resilience import CallContext, Pipeline
+from resilience import CallContext, Pipeline, RateLimitedError
 
 
 class Script:
@@ -57,3 +58,38 @@ def run_ctx(mode: str, pipeline: Pipeline, fn: Callable[[CallContext], Any], ctx
         return fn(c)
 
     return asyncio.run(pipeline.aexecute(afn, ctx))
+
+
+def call(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> Any:
+    """A call that answers ``"ok"`` through ``pipeline`` in ``mode``."""
+    return run_ctx(mode, pipeline, lambda c: "ok", ctx if ctx is not None else pipeline.context())
+
+
+def outcome(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> float | str:
+    """``"ok"``, or the ``retry_after`` of the rate limit's rejection."""
+    try:
+        return str(call(mode, pipeline, ctx))
+    except RateLimitedError as exc:
+        retry_after = exc.retry_after
+    assert retry_after is not None
+    return retry_after
+
+
+class Gauge:
+    """Counts calls inside, remembering the peak; thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.peak = 0
+        self.admitted = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.inside += 1
+            self.admitted += 1
+            self.peak = max(self.peak, self.inside)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1

@@ -9,28 +9,10 @@ import pytest
 
 from resilience import Bulkhead, BulkheadFullError, BulkheadRejected, Event, FakeClock, Pipeline
 
+from .helpers import Gauge
+
 N = 64
 LIMIT = 8
-
-
-class Gauge:
-    """Counts calls inside, remembering the peak; thread-safe."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inside = 0
-        self.peak = 0
-        self.admitted = 0
-
-    def enter(self) -> None:
-        with self.lock:
-            self.inside += 1
-            self.admitted += 1
-            self.peak = max(self.peak, self.inside)
-
-    def leave(self) -> None:
-        with self.lock:
-            self.inside -= 1
 
 
 def test_64_threads_through_a_bulkhead_of_8_admit_exactly_8() -> None:

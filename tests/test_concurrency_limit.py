@@ -29,6 +29,8 @@ from resilience.policies.concurrency import (
     LimitChanged,
 )
 
+from .helpers import Gauge
+
 N = 64
 LIMIT = 8
 
@@ -271,26 +273,6 @@ def test_fixed_limit_never_moves(clock: FakeClock) -> None:
     assert busy_play(policy, clock, [0.1, 5.0, 0.1]) == [3, 3, 3]
     assert play(policy, clock, 1.0, Outcome.FAILURE) == 3
     assert repr(policy) == "ConcurrencyLimit(FixedLimit(3))"
-
-
-class Gauge:
-    """Counts calls inside, remembering the peak; thread-safe."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inside = 0
-        self.peak = 0
-        self.admitted = 0
-
-    def enter(self) -> None:
-        with self.lock:
-            self.inside += 1
-            self.admitted += 1
-            self.peak = max(self.peak, self.inside)
-
-    def leave(self) -> None:
-        with self.lock:
-            self.inside -= 1
 
 
 @pytest.mark.parametrize("algorithm", [FixedLimit(LIMIT), AIMD(LIMIT, min_limit=LIMIT, max_limit=LIMIT)])

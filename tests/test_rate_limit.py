@@ -30,6 +30,7 @@ from resilience.policies.rate_limit import (
     RateLimitWaited,
 )
 
+from .helpers import call, outcome
 from .servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,27 +49,6 @@ def lclock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(limits.storage.memory, "time", fake_time)
     monkeypatch.setattr(limits.strategies, "time", fake_time)
     return clock
-
-
-def call(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> Any:
-    ctx = ctx if ctx is not None else pipeline.context()
-    if mode == "sync":
-        return pipeline.execute(lambda c: "ok", ctx)
-
-    async def fn(c: CallContext) -> str:
-        return "ok"
-
-    return asyncio.run(pipeline.aexecute(fn, ctx))
-
-
-def outcome(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> float | str:
-    """``"ok"``, or the ``retry_after`` of the rejection."""
-    try:
-        return str(call(mode, pipeline, ctx))
-    except RateLimitedError as exc:
-        retry_after = exc.retry_after
-    assert retry_after is not None
-    return retry_after
 
 
 # -- decisions, on the memory storage with fake time ---------------------------------------

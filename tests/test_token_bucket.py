@@ -13,28 +13,9 @@ from hypothesis import strategies as st
 from resilience import CallContext, Event, FakeClock, Pipeline, RateLimitedError
 from resilience.policies.token_bucket import RateLimitRejected, RateLimitWaited, TokenBucket, compile_key
 
+from .helpers import call, outcome
+
 # Rates whose interval is a power of two make the GCRA arithmetic exact in floats.
-
-
-def call(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> Any:
-    ctx = ctx if ctx is not None else pipeline.context()
-    if mode == "sync":
-        return pipeline.execute(lambda c: "ok", ctx)
-
-    async def fn(c: CallContext) -> str:
-        return "ok"
-
-    return asyncio.run(pipeline.aexecute(fn, ctx))
-
-
-def outcome(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> float | str:
-    """``"ok"`` or the ``retry_after`` of the rejection."""
-    try:
-        return str(call(mode, pipeline, ctx))
-    except RateLimitedError as exc:
-        retry_after = exc.retry_after
-    assert retry_after is not None
-    return retry_after
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
