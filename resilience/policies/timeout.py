@@ -7,7 +7,8 @@ import sys
 from asyncio import get_running_loop
 from typing import Any
 
-from .._validate import Seconds, seconds
+from .. import _validate
+from .._validate import Seconds
 from ..context import CallContext
 from ..errors import DeadlineExceededError
 from ..events import TimeoutExpired, emit
@@ -55,7 +56,7 @@ class Timeout(Policy):
 
     def __init__(self, seconds: Seconds, *, name: str | None = None) -> None:
         super().__init__(name)
-        self.seconds = _seconds("seconds", seconds)
+        self.seconds = _validate.seconds("seconds", seconds)  # the argument shadows the checker
 
     def _expired(self, ctx: CallContext, own: bool) -> DeadlineExceededError:
         if ctx.listeners:
@@ -125,7 +126,3 @@ class Timeout(Policy):
 
     def __repr__(self) -> str:
         return f"Timeout({self.seconds!r})"
-
-
-def _seconds(name: str, value: Seconds) -> float:
-    return seconds(name, value)
