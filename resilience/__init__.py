@@ -42,6 +42,7 @@ from .policies import (
     Backoff,
     Bulkhead,
     CircuitBreaker,
+    CircuitBreakerOptions,
     CircuitMetrics,
     CircuitPermit,
     CircuitRejected,
@@ -81,6 +82,8 @@ from .policies import (
     compile_key,
     rejection_probability,
 )
+from .options import Options, Reconfigurable
+from .permit import Gate, Permit, Rejection
 from .policy import AsyncNext, Policy, SyncNext
 
 __version__ = "0.1.0"
@@ -100,6 +103,7 @@ __all__ = [
     "BulkheadRejected",
     "CallContext",
     "CircuitBreaker",
+    "CircuitBreakerOptions",
     "CircuitMetrics",
     "CircuitOpenError",
     "CircuitPermit",
@@ -126,6 +130,7 @@ __all__ = [
     "FallbackInput",
     "FallbackUsed",
     "FixedLimit",
+    "Gate",
     "Gradient2",
     "Hedge",
     "HedgeAttemptFailed",
@@ -137,8 +142,10 @@ __all__ = [
     "LimitChanged",
     "Listener",
     "NoEndpointError",
+    "Options",
     "Outcome",
     "OutcomeWindow",
+    "Permit",
     "Pipeline",
     "Policy",
     "PyBreakerPolicy",
@@ -147,7 +154,9 @@ __all__ = [
     "RateLimitStorageState",
     "RateLimitWaited",
     "RateLimitedError",
+    "Reconfigurable",
     "RedisBreakerState",
+    "Rejection",
     "RejectedError",
     "ResilienceError",
     "Retry",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 Seconds = float | int | timedelta
 
@@ -30,6 +30,11 @@ def error_predicate(name: str, value: ErrorFilter) -> Callable[[BaseException], 
 
 def _always(exc: BaseException) -> bool:
     return True
+
+
+def as_seconds(value: Seconds | None) -> Any:
+    """``value`` passed on to an options object, which checks it and stores it as seconds."""
+    return value
 
 
 def seconds(name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False) -> float:

@@ -18,6 +18,7 @@ from resilience.context import CallContext
 from resilience.errors import BulkheadFullError, CircuitOpenError, IsolatedCircuitError
 from resilience.events import Event
 from resilience.outcome import Classifier, Outcome
+from resilience.permit import Rejection
 from resilience.pipeline import Pipeline
 from resilience.policies.circuit_breaker import (
     CircuitBreaker,
@@ -138,43 +139,42 @@ def test_failed_probe_reopens_and_break_grows_up_to_the_cap_then_resets(clock: F
 
 def test_success_threshold_and_probe_slots_with_the_permission_api(clock: FakeClock) -> None:
     breaker = CircuitBreaker(failure_threshold=1, break_duration=1, half_open_max_calls=2, success_threshold=3)
-    permit = breaker.try_acquire(0.0)
-    breaker.on_result(permit, Outcome.FAILURE, 0.0, 0.0)
+    permit = breaker.acquire(None, 0.0)
+    breaker.release(permit, Outcome.FAILURE, 0.0, 0.0)
     assert breaker.state is OPEN
-    a = breaker.try_acquire(1.0)
-    b = breaker.try_acquire(1.0)
+    a = breaker.acquire(None, 1.0)
+    b = breaker.acquire(None, 1.0)
     assert breaker.state is HALF_OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.try_acquire(1.0)
-    assert info.value.retry_after is None
-    breaker.on_result(a, Outcome.SUCCESS, 0.0, 1.0)  # 1 success; its slot is free again
-    c = breaker.try_acquire(1.0)
-    breaker.on_result(b, Outcome.IGNORED, 0.0, 1.0)  # counts for nothing but frees the slot
-    d = breaker.try_acquire(1.0)
-    with pytest.raises(CircuitOpenError):
-        breaker.try_acquire(1.0)
-    breaker.on_result(c, Outcome.SUCCESS, 0.0, 1.0)
+    rejection = breaker.acquire(None, 1.0)
+    assert isinstance(rejection, Rejection)
+    assert (rejection.reason, rejection.retry_after) == ("half_open", None)
+    breaker.release(a, Outcome.SUCCESS, 0.0, 1.0)  # 1 success; its slot is free again
+    c = breaker.acquire(None, 1.0)
+    breaker.release(b, Outcome.IGNORED, 0.0, 1.0)  # counts for nothing but frees the slot
+    d = breaker.acquire(None, 1.0)
+    assert isinstance(breaker.acquire(None, 1.0), Rejection)
+    breaker.release(c, Outcome.SUCCESS, 0.0, 1.0)
     assert breaker.state is HALF_OPEN
-    breaker.on_result(d, Outcome.SUCCESS, 0.0, 1.0)
+    breaker.release(d, Outcome.SUCCESS, 0.0, 1.0)
     assert breaker.state is CLOSED
 
 
 def test_outcomes_of_calls_admitted_before_a_transition_do_not_count() -> None:
     breaker = CircuitBreaker(failure_threshold=2, break_duration=1, half_open_max_calls=2)
-    slow_closed = breaker.try_acquire(0.0)
+    slow_closed = breaker.acquire(None, 0.0)
     for _ in range(2):
-        breaker.on_result(breaker.try_acquire(0.0), Outcome.FAILURE, 0.0, 0.0)
+        breaker.release(breaker.acquire(None, 0.0), Outcome.FAILURE, 0.0, 0.0)
     assert breaker.state is OPEN
-    probe = breaker.try_acquire(1.0)
+    probe = breaker.acquire(None, 1.0)
     assert breaker.state is HALF_OPEN
-    breaker.on_result(slow_closed, Outcome.FAILURE, 0.0, 1.0)  # from the closed era: ignored
+    breaker.release(slow_closed, Outcome.FAILURE, 0.0, 1.0)  # from the closed era: ignored
     assert breaker.state is HALF_OPEN
     assert breaker.metrics(1.0).probes_in_flight == 1
-    breaker.on_result(probe, Outcome.SUCCESS, 0.0, 1.0)
+    breaker.release(probe, Outcome.SUCCESS, 0.0, 1.0)
     assert breaker.state is CLOSED
-    breaker.on_result(probe, Outcome.FAILURE, 0.0, 1.0)  # a stale probe permit: ignored
-    breaker.on_result(slow_closed, Outcome.FAILURE, 0.0, 1.0)
-    breaker.on_result(slow_closed, Outcome.FAILURE, 0.0, 1.0)
+    breaker.release(probe, Outcome.FAILURE, 0.0, 1.0)  # a stale probe permit: ignored
+    breaker.release(slow_closed, Outcome.FAILURE, 0.0, 1.0)
+    breaker.release(slow_closed, Outcome.FAILURE, 0.0, 1.0)
     assert breaker.state is CLOSED
     assert breaker.metrics(1.0).consecutive_failures == 0
 

@@ -108,7 +108,7 @@ def test_core_publishes_the_current_state_once_per_change() -> None:
     core.attach(breaker)
     assert core.take_publication() is None
     core.dirty = True
-    breaker.on_result(breaker.try_acquire(0.0), __import__("resilience").Outcome.FAILURE, 0.0, 0.0)
+    breaker.release(breaker.acquire(None, 0.0), __import__("resilience").Outcome.FAILURE, 0.0, 0.0)
     clock.advance(10)
     keys, args = core.take_publication() or ([], [])
     assert keys == ["p:k:state", "p:k:epoch"]

@@ -5,6 +5,7 @@ from .budget import RetryBudget
 from .bulkhead import Bulkhead
 from .circuit_breaker import (
     CircuitBreaker,
+    CircuitBreakerOptions,
     CircuitMetrics,
     CircuitPermit,
     CircuitRejected,
@@ -38,6 +39,7 @@ __all__ = [
     "Backoff",
     "Bulkhead",
     "CircuitBreaker",
+    "CircuitBreakerOptions",
     "CircuitMetrics",
     "CircuitPermit",
     "CircuitRejected",

@@ -1,0 +1,140 @@
+"""The async executor: runs any :class:`~resilience.permit.Gate` around the rest of an async pipeline.
+
+The async twin of :mod:`resilience._sync_exec`, for asyncio and trio. Waits are made on
+the call's clock; a permit is released exactly once on every path, cancellation included:
+a task cancelled while it waits in a queue gives its place back (or passes on a place it
+was granted in the same loop turn) and still raises its cancellation, never a rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ._sync_exec import retry_delay, wait_limit
+from .context import CallContext
+from .outcome import Outcome
+from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
+from .policy import AsyncNext
+
+__all__ = ["admit_async", "gate_async"]
+
+_IGNORED = Outcome.IGNORED
+
+
+async def _release_after_result(gate: Gate, ctx: CallContext, permit: Permit, result: Any, start: float) -> None:
+    try:
+        outcome = gate.judge_result(ctx, result)
+    except BaseException:
+        now = ctx.clock.monotonic()
+        gate.release(permit, _IGNORED, now - start, now, ctx)
+        await ctx.classifier.adiscard(result)
+        raise
+    now = ctx.clock.monotonic()
+    gate.release(permit, outcome, now - start, now, ctx)
+
+
+def _release_after_error(gate: Gate, ctx: CallContext, permit: Permit, exc: BaseException, start: float) -> None:
+    try:
+        outcome = gate.judge_error(ctx, exc)
+    except BaseException:
+        now = ctx.clock.monotonic()
+        gate.release(permit, _IGNORED, now - start, now, ctx)
+        raise
+    now = ctx.clock.monotonic()
+    gate.release(permit, outcome, now - start, now, ctx)
+
+
+async def _wait_ticket(ctx: CallContext, ticket: Ticket, limit: float) -> bool:
+    """Wait for a grant, at most ``limit`` seconds: ``True`` when woken, ``False`` when the wait ran out."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bool] = loop.create_future()
+
+    def resolve(value: bool) -> None:
+        if not future.done():
+            future.set_result(value)
+
+    def wake() -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            resolve(True)
+        else:
+            loop.call_soon_threadsafe(resolve, True)
+
+    if not ticket.attach(wake):
+        return True
+    handle = None
+    if limit != float("inf"):
+        handle = ctx.clock.call_at(ctx.clock.monotonic() + max(0.0, limit), lambda: resolve(False), loop)
+    try:
+        return await future
+    finally:
+        if handle is not None:
+            handle.cancel()
+
+
+async def admit_async(gate: Gate, ctx: CallContext, permit: Permit | Rejection) -> Permit:
+    """Turn what ``acquire`` gave into a permit held now: wait for it, or raise the rejection."""
+    clock = ctx.clock
+    waited = 0.0
+    while permit.kind == REJECTED:
+        assert isinstance(permit, Rejection)
+        delay = retry_delay(ctx, permit, waited)
+        if delay is None:
+            raise gate.rejected(ctx, permit)
+        gate.waiting(ctx, permit, delay)
+        await clock.asleep(delay)
+        waited += delay
+        permit = gate.acquire(ctx, clock.monotonic())
+    assert isinstance(permit, Permit)
+    if permit.kind == DELAYED:
+        try:
+            await clock.asleep(permit.delay)
+        except BaseException:
+            gate.release(permit, _IGNORED, 0.0, clock.monotonic(), ctx)
+            raise
+    elif permit.kind == QUEUED:
+        assert isinstance(permit, Ticket)
+        limit, reason = wait_limit(ctx, permit.max_wait, 0.0)
+        try:
+            await _wait_ticket(ctx, permit, limit)
+        except BaseException:
+            # Cancelled (or interrupted): never run the call. A place granted in the same
+            # turn is passed on; the cancellation goes on as it came.
+            if not gate.abandon(permit):
+                gate.release(permit, _IGNORED, 0.0, clock.monotonic(), ctx)
+            raise
+        if gate.abandon(permit):
+            raise gate.rejected(ctx, Rejection("wait", None, detail=reason))
+    return permit
+
+
+def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
+    """The async step that runs ``next`` under ``gate``."""
+    acquire, release = gate.acquire, gate.release
+
+    async def gated_async(ctx: CallContext) -> Any:
+        clock = ctx.clock
+        start = clock.monotonic()
+        permit = acquire(ctx, start)
+        if permit.kind:
+            permit = await admit_async(gate, ctx, permit)
+            start = clock.monotonic()
+        try:
+            result = await next(ctx)
+        except BaseException as exc:
+            _release_after_error(gate, ctx, permit, exc, start)  # type: ignore[arg-type]
+            raise
+        if gate.judges_results or ctx.classifier.checks_results:
+            await _release_after_result(gate, ctx, permit, result, start)  # type: ignore[arg-type]
+        else:
+            now = clock.monotonic()
+            release(permit, Outcome.SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        return result
+
+    gated_async.__name__ = f"{type(gate).__name__.lower()}_async"
+    return gated_async
+

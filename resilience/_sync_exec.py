@@ -1,0 +1,134 @@
+"""The sync executor: runs any :class:`~resilience.permit.Gate` around the rest of a pipeline.
+
+It does every wait a gate asks for (a reserved token, a place in a queue, a rejection
+worth asking again) on the call's clock, and releases each permit exactly once: after
+the call, whatever it did, and also when the wait itself is interrupted (an exception
+raised into the waiting thread, such as ``KeyboardInterrupt`` from a signal handler).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import CallContext
+from .outcome import Outcome
+from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
+from .policy import SyncNext
+
+__all__ = ["gate_sync", "wait_limit"]
+
+_IGNORED = Outcome.IGNORED
+_MIN_STEP = 0.001
+"""The shortest sleep before asking a gate again, so that a stale window never spins."""
+
+
+def wait_limit(ctx: CallContext, max_wait: float, waited: float) -> tuple[float, str]:
+    """How much longer a call may wait, and what bounds it (``"max_wait"`` or ``"deadline"``)."""
+    limit, reason = max_wait - waited, "max_wait"
+    deadline = ctx.deadline
+    if deadline is not None:
+        remaining = deadline - ctx.clock.monotonic()
+        if remaining < limit:
+            limit, reason = remaining, "deadline"
+    return limit, reason
+
+
+def retry_delay(ctx: CallContext, rejection: Rejection, waited: float) -> float | None:
+    """The sleep before asking again after ``rejection``, or ``None`` when it is final.
+
+    A final rejection gets the bound that made it final as its ``reason``.
+    """
+    if rejection.max_wait <= 0.0:
+        return None
+    retry_after = rejection.retry_after
+    delay = retry_after if retry_after is not None and retry_after > _MIN_STEP else _MIN_STEP
+    limit, reason = wait_limit(ctx, rejection.max_wait, waited)
+    if delay > limit:
+        rejection.reason = reason
+        return None
+    return delay
+
+
+def _release_after_error(gate: Gate, ctx: CallContext, permit: Permit, exc: BaseException, start: float) -> None:
+    try:
+        outcome = gate.judge_error(ctx, exc)
+    except BaseException:
+        now = ctx.clock.monotonic()
+        gate.release(permit, _IGNORED, now - start, now, ctx)
+        raise
+    now = ctx.clock.monotonic()
+    gate.release(permit, outcome, now - start, now, ctx)
+
+
+def _release_after_result(gate: Gate, ctx: CallContext, permit: Permit, result: Any, start: float) -> None:
+    try:
+        outcome = gate.judge_result(ctx, result)
+    except BaseException:
+        now = ctx.clock.monotonic()
+        gate.release(permit, _IGNORED, now - start, now, ctx)
+        ctx.classifier.discard(result)
+        raise
+    now = ctx.clock.monotonic()
+    gate.release(permit, outcome, now - start, now, ctx)
+
+
+def admit_sync(gate: Gate, ctx: CallContext, permit: Permit | Rejection) -> Permit:
+    """Turn what ``acquire`` gave into a permit held now: wait for it, or raise the rejection."""
+    clock = ctx.clock
+    waited = 0.0
+    while permit.kind == REJECTED:
+        assert isinstance(permit, Rejection)
+        delay = retry_delay(ctx, permit, waited)
+        if delay is None:
+            raise gate.rejected(ctx, permit)
+        gate.waiting(ctx, permit, delay)
+        clock.sleep(delay)
+        waited += delay
+        permit = gate.acquire(ctx, clock.monotonic())
+    assert isinstance(permit, Permit)
+    if permit.kind == DELAYED:
+        try:
+            clock.sleep(permit.delay)
+        except BaseException:
+            now = clock.monotonic()
+            gate.release(permit, _IGNORED, 0.0, now, ctx)
+            raise
+    elif permit.kind == QUEUED:
+        assert isinstance(permit, Ticket)
+        limit, reason = wait_limit(ctx, permit.max_wait, 0.0)
+        try:
+            permit.wait(limit)
+        except BaseException:
+            if not gate.abandon(permit):
+                gate.release(permit, _IGNORED, 0.0, clock.monotonic(), ctx)
+            raise
+        if gate.abandon(permit):
+            raise gate.rejected(ctx, Rejection("wait", None, detail=reason))
+    return permit
+
+
+def gate_sync(gate: Gate, next: SyncNext) -> SyncNext:
+    """The sync step that runs ``next`` under ``gate``."""
+    acquire, release = gate.acquire, gate.release
+
+    def gated_sync(ctx: CallContext) -> Any:
+        clock = ctx.clock
+        start = clock.monotonic()
+        permit = acquire(ctx, start)
+        if permit.kind:
+            permit = admit_sync(gate, ctx, permit)
+            start = clock.monotonic()
+        try:
+            result = next(ctx)
+        except BaseException as exc:
+            _release_after_error(gate, ctx, permit, exc, start)  # type: ignore[arg-type]
+            raise
+        if gate.judges_results or ctx.classifier.checks_results:
+            _release_after_result(gate, ctx, permit, result, start)  # type: ignore[arg-type]
+        else:
+            now = clock.monotonic()
+            release(permit, Outcome.SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        return result
+
+    gated_sync.__name__ = f"{type(gate).__name__.lower()}_sync"
+    return gated_sync
