@@ -88,7 +88,11 @@ async def admit_async(gate: Gate, ctx: CallContext, permit: Permit | Rejection) 
         gate.waiting(ctx, permit, delay)
         await clock.asleep(delay)
         waited += delay
-        permit = gate.acquire(ctx, clock.monotonic())
+        aacquire = getattr(gate, "aacquire", None)
+        if aacquire is not None:
+            permit = await aacquire(ctx, clock.monotonic())
+        else:
+            permit = gate.acquire(ctx, clock.monotonic())
     assert isinstance(permit, Permit)
     if permit.kind == DELAYED:
         try:
@@ -113,8 +117,16 @@ async def admit_async(gate: Gate, ctx: CallContext, permit: Permit | Rejection) 
 
 
 def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
-    """The async step that runs ``next`` under ``gate``."""
-    acquire, release = gate.acquire, gate.release
+    """The async step that runs ``next`` under ``gate``.
+
+    A gate whose admission needs I/O (a rate limit kept in Redis) has an
+    ``async def aacquire(ctx, now)`` beside ``acquire``; the executor awaits it.
+    """
+    release = gate.release
+    aacquire = getattr(gate, "aacquire", None)
+    if aacquire is not None:
+        return _gate_async_io(gate, aacquire, next)
+    acquire = gate.acquire
 
     async def gated_async(ctx: CallContext) -> Any:
         clock = ctx.clock
@@ -138,3 +150,28 @@ def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
     gated_async.__name__ = f"{type(gate).__name__.lower()}_async"
     return gated_async
 
+
+
+def _gate_async_io(gate: Gate, aacquire: Any, next: AsyncNext) -> AsyncNext:
+    release = gate.release
+
+    async def gated_io_async(ctx: CallContext) -> Any:
+        clock = ctx.clock
+        start = clock.monotonic()
+        permit = await aacquire(ctx, start)
+        if permit.kind:
+            permit = await admit_async(gate, ctx, permit)
+            start = clock.monotonic()
+        try:
+            result = await next(ctx)
+        except BaseException as exc:
+            _release_after_error(gate, ctx, permit, exc, start)
+            raise
+        if gate.judges_results or ctx.classifier.checks_results:
+            await _release_after_result(gate, ctx, permit, result, start)
+        else:
+            now = clock.monotonic()
+            release(permit, Outcome.SUCCESS, now - start, now, ctx)
+        return result
+
+    return gated_io_async
