@@ -14,14 +14,15 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, TypedDict
 
 import httpx
 
 from resilience._validate import seconds
 from resilience.balancing.base import Balancer, RoundRobin
+from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory
 from resilience.context import CallContext
-from resilience.discovery.base import Discovery, Endpoint, Subscription
+from resilience.discovery.base import Discovery, Endpoint
 from resilience.errors import DeadlineExceededError, RejectedError
 from resilience.outcome import Classifier, Outcome
 from resilience.pipeline import Pipeline
@@ -433,139 +434,6 @@ class OnceAsyncStream(httpx.AsyncByteStream, _OnceBody):
         await self.inner.aclose()
 
 
-# -- endpoints -----------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-class _Entry(Generic[T]):
-    """One endpoint's inner transport and the requests using it (attempts and open bodies)."""
-
-    __slots__ = ("address", "inflight", "retired", "transport")
-
-    def __init__(self, address: str, transport: T) -> None:
-        self.address = address
-        self.transport = transport
-        self.inflight = 0
-        self.retired = False
-
-
-class EndpointTransports(Generic[T]):
-    """The inner transports per endpoint: made on first use, closed when discovery drops them.
-
-    One connection pool per endpoint keeps httpcore's pool bookkeeping small (its cost
-    grows with connections times waiting requests). An endpoint that leaves discovery is
-    retired: its transport is closed as soon as no attempt or open response uses it.
-    Retired transports are handed to ``close`` (sync) or queued in :attr:`pending` for the
-    async transport to close in its event loop.
-    """
-
-    def __init__(
-        self,
-        discovery: Discovery,
-        factory: Callable[[Endpoint], T],
-        close: Callable[[T], None] | None,
-    ) -> None:
-        self._discovery = discovery
-        self._factory = factory
-        self._close = close
-        self._lock = threading.Lock()
-        self._entries: dict[str, _Entry[T]] = {}
-        self._known: dict[str, frozenset[str]] = {}
-        self._subscriptions: dict[str, Subscription] = {}
-        self.pending: list[T] = []
-        self.closed = False
-
-    def watch(self, service: str) -> None:
-        """Follow ``service``'s endpoint list (once per service)."""
-        if service in self._subscriptions:
-            return
-        unsubscribe = self._discovery.subscribe(service, lambda endpoints: self._changed(service, endpoints))
-        with self._lock:
-            if service not in self._subscriptions and not self.closed:
-                self._subscriptions[service] = unsubscribe
-                self._known.setdefault(service, frozenset(e.address for e in self._discovery.endpoints(service)))
-                return
-        unsubscribe()
-
-    def watching(self, service: str) -> bool:
-        return service in self._subscriptions
-
-    def acquire(self, endpoint: Endpoint) -> _Entry[T]:
-        address = endpoint.address
-        with self._lock:
-            entry = self._entries.get(address)
-            if entry is not None:
-                entry.inflight += 1
-                return entry
-        transport = self._factory(endpoint)  # user code: never under our lock
-        with self._lock:
-            entry = self._entries.get(address)
-            if entry is None and not self.closed:
-                entry = self._entries[address] = _Entry(address, transport)
-                transport = None  # type: ignore[assignment]
-            if entry is not None:
-                entry.inflight += 1
-        if transport is not None:
-            self._retire(transport)  # lost a race, or closed meanwhile
-        if entry is None:
-            raise RuntimeError("the transport is closed")
-        return entry
-
-    def release(self, entry: _Entry[T]) -> T | None:
-        """The transport to close now that its last user left, if it was retired."""
-        with self._lock:
-            entry.inflight -= 1
-            if entry.retired and entry.inflight == 0:
-                return entry.transport
-        return None
-
-    def _changed(self, service: str, endpoints: Sequence[Endpoint]) -> None:
-        to_close: list[T] = []
-        with self._lock:
-            if self.closed:
-                return
-            self._known[service] = frozenset(e.address for e in endpoints)
-            alive = frozenset().union(*self._known.values())
-            for address in [a for a in self._entries if a not in alive]:
-                entry = self._entries.pop(address)
-                entry.retired = True
-                if entry.inflight == 0:
-                    to_close.append(entry.transport)
-        for transport in to_close:
-            self._retire(transport)
-
-    def _retire(self, transport: T) -> None:
-        if self._close is not None:
-            self._close(transport)
-        else:
-            with self._lock:
-                self.pending.append(transport)
-
-    def take_pending(self) -> list[T]:
-        with self._lock:
-            pending, self.pending = self.pending, []
-        return pending
-
-    def shutdown(self) -> list[T]:
-        """Stop watching; every transport to close (in use or not, retired or not)."""
-        with self._lock:
-            self.closed = True
-            subscriptions = list(self._subscriptions.values())
-            self._subscriptions.clear()
-            transports = [e.transport for e in self._entries.values()] + self.pending
-            self._entries.clear()
-            self.pending = []
-        for unsubscribe in subscriptions:
-            unsubscribe()
-        return transports
-
-    def addresses(self) -> list[str]:
-        """The endpoints that have a live transport now (for tests and diagnostics)."""
-        with self._lock:
-            return sorted(self._entries)
-
-
 # -- the per-call preparation, shared by both transports ---------------------------------
 
 
@@ -583,6 +451,7 @@ class Router:
         balancer: Balancer | None,
         idempotent_methods: Collection[str],
         rewrite_host_header: bool,
+        endpoint_health: HealthFactory | None = None,
     ) -> None:
         self.default = _PolicySet("default", pipeline if pipeline is not None else Pipeline())
         self.policies: dict[str, _PolicySet] = {}
@@ -615,6 +484,14 @@ class Router:
         self.idempotent_methods = frozenset(m.upper() for m in idempotent_methods)
         self.rewrite_host_header = bool(rewrite_host_header)
         self._discovered: set[str] = set()
+        if endpoint_health is not None and not callable(endpoint_health):
+            raise TypeError(f"endpoint_health must be a callable(endpoint) -> gate(s), got {endpoint_health!r}")
+        self.endpoint_health = endpoint_health
+        self.make_resource: Callable[[Endpoint], Any] | None = None
+        self.close_resource: Callable[[EndpointState[Any]], None] | None = None
+        self._pools: dict[str, EndpointPool[Any]] = {}
+        self._pools_lock = threading.Lock()
+        self.closed = False
 
     def _policy_set(self, policy: object, where: str) -> _PolicySet | None:
         if policy is None:
@@ -714,17 +591,49 @@ class Router:
                 discovered = True
         return pipeline, ctx, discovered
 
-    def pick(self, ctx: CallContext, host: str) -> Endpoint:
-        """The endpoint of this attempt; records it in ``ctx.endpoint`` and ``ctx.tried``."""
+    def pool(self, service: str) -> EndpointPool[Any]:
+        """The endpoint pool of ``service`` (made on its first request, then following discovery)."""
+        pool = self._pools.get(service)
+        if pool is not None:
+            return pool
         assert self.discovery is not None
-        endpoint = self.balancer.pick(self.discovery.endpoints(host), ctx)
-        address = endpoint.address
-        ctx.endpoint = address
-        if ctx.tried is None:
-            ctx.tried = [address]
-        else:
-            ctx.tried.append(address)
-        return endpoint
+        with self._pools_lock:
+            pool = self._pools.get(service)
+            if pool is None:
+                if self.closed:
+                    raise RuntimeError("the transport is closed")
+                if self.make_resource is not None:
+                    pool = EndpointPool(
+                        service,
+                        self.discovery,
+                        self.balancer,
+                        health=self.endpoint_health,
+                        make=self.make_resource,
+                        close=self.close_resource,
+                    )
+                else:
+                    pool = EndpointPool(service, self.discovery, self.balancer, health=self.endpoint_health)
+                self._pools[service] = pool
+        return pool
+
+    def shutdown(self) -> list[Any]:
+        """Stop following discovery; every per-endpoint resource to close now."""
+        with self._pools_lock:
+            self.closed = True
+            pools, self._pools = list(self._pools.values()), {}
+        resources: list[Any] = []
+        for pool in pools:
+            resources.extend(state.resource for state in pool.close())
+        return resources
+
+    def addresses(self) -> list[str]:
+        """The endpoints that have a live per-endpoint resource now (for tests and diagnostics)."""
+        return sorted(
+            state.address
+            for pool in list(self._pools.values())
+            for state in pool.states
+            if state.resource is not None and not state.closed
+        )
 
     def attempt_extensions(self, ctx: CallContext, extensions: dict[str, Any]) -> dict[str, Any] | None:
         """The request extensions of one attempt, with the httpx timeouts cut to the deadline.

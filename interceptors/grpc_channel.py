@@ -32,7 +32,8 @@ import grpc
 import grpc.aio
 
 from resilience._validate import Seconds, seconds
-from resilience.balancing.base import Balancer, NoEndpointError, RoundRobin
+from resilience.balancing.base import Balancer
+from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory, Selection
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
 from resilience.outcome import Outcome
@@ -54,134 +55,6 @@ __all__ = ["AioResilientChannel", "ResilientChannel", "aio_resilient_channel", "
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
-class _Sub:
-    """One endpoint's channel and its calls in flight (counted under the pool's lock)."""
-
-    __slots__ = ("__weakref__", "channel", "closed", "endpoint", "inflight", "loop", "removed")
-
-    def __init__(self, endpoint: Endpoint, channel: Any, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.endpoint = endpoint
-        self.channel = channel
-        self.loop = loop
-        self.inflight = 0
-        self.removed = False
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"_Sub({self.endpoint.address}, inflight={self.inflight}, removed={self.removed})"
-
-
-class _Pool:
-    """The endpoints of one service and their sub-channels; shared by the sync and aio channels.
-
-    Sub-channels are made on first use (for ``grpc.aio``, in the event loop that uses
-    them). ``close_sub`` closes one; the aio channel hands that to the sub-channel's loop.
-    """
-
-    def __init__(
-        self,
-        service: str,
-        discovery: Discovery,
-        balancer: Balancer,
-        make: Callable[[str], Any],
-        close_sub: Callable[[_Sub], None],
-        schedule: Callable[[float, Callable[[], None]], Any],
-        drain_timeout: float,
-    ) -> None:
-        self.service = service
-        self.discovery = discovery
-        self.balancer = balancer
-        self._make = make
-        self._close_sub = close_sub
-        self._schedule = schedule
-        self.drain_timeout = drain_timeout
-        self._lock = threading.Lock()
-        self.endpoints: tuple[Endpoint, ...] = ()
-        self._addresses: frozenset[str] = frozenset()
-        self.subs: dict[str, _Sub] = {}
-        self.closed = False
-        self._unsubscribe = discovery.subscribe(service, self.update)
-        self.update(discovery.endpoints(service))
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """The discovery's new endpoint list: add, keep, and drain what is gone."""
-        new = tuple(endpoints)
-        addresses = frozenset(e.address for e in new)
-        idle: list[_Sub] = []
-        draining: list[_Sub] = []
-        with self._lock:
-            if self.closed:
-                return
-            self.endpoints = new
-            self._addresses = addresses
-            for address in [a for a in self.subs if a not in addresses]:
-                sub = self.subs.pop(address)
-                sub.removed = True
-                if sub.inflight == 0:
-                    sub.closed = True
-                    idle.append(sub)
-                else:
-                    draining.append(sub)
-        for sub in idle:
-            self._close_sub(sub)
-        for sub in draining:
-            self._schedule(self.drain_timeout, lambda sub=sub: self._force_close(sub))  # type: ignore[misc]
-
-    def _force_close(self, sub: _Sub) -> None:
-        with self._lock:
-            if sub.closed:
-                return
-            sub.closed = True
-        self._close_sub(sub)
-
-    def acquire(self, ctx: CallContext) -> _Sub:
-        """Pick the endpoint of an attempt and count the attempt in flight on it."""
-        for _ in range(3):
-            endpoints = self.endpoints
-            if not endpoints:
-                raise NoEndpointError(f"no endpoint known for service {self.service!r}", context=ctx)
-            endpoint = self.balancer.pick(endpoints, ctx)
-            address = endpoint.address
-            with self._lock:
-                if self.closed:
-                    raise ValueError("the channel is closed")
-                if address not in self._addresses:
-                    continue  # removed meanwhile: pick again from the new list
-                sub = self.subs.get(address)
-                if sub is None:
-                    sub = self.subs[address] = _Sub(endpoint, self._make(address), _running_loop())
-                sub.inflight += 1
-            ctx.endpoint = address
-            if ctx.tried is None:
-                ctx.tried = [address]
-            else:
-                ctx.tried.append(address)
-            return sub
-        raise NoEndpointError(f"the endpoints of {self.service!r} kept changing", context=ctx)
-
-    def leave(self, sub: _Sub) -> None:
-        """An attempt (or a stream) on ``sub`` is over."""
-        with self._lock:
-            sub.inflight -= 1
-            if not (sub.removed and sub.inflight == 0 and not sub.closed):
-                return
-            sub.closed = True
-        self._close_sub(sub)
-
-    def close(self) -> list[_Sub]:
-        """Stop following the discovery; the sub-channels to close."""
-        with self._lock:
-            if self.closed:
-                return []
-            self.closed = True
-            subs = list(self.subs.values())
-            self.subs.clear()
-            for sub in subs:
-                sub.closed = True
-        self._unsubscribe()
-        return subs
-
-
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -189,26 +62,38 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _channels(pool: EndpointPool[Any]) -> list[Any]:
+    """The sub-channels made so far."""
+    return [s.resource for s in pool.states if s.resource is not None]
+
+
+def _release(selection: Selection[Any], outcome: Outcome, start: float, ctx: CallContext) -> None:
+    now = ctx.clock.monotonic()
+    selection.release(outcome, now - start, now, ctx)
+
+
 class _Callable:
     """What the multicallables of both channels share: the method, its settings, per-endpoint callables."""
 
     __slots__ = ("_des", "_inner", "_kind", "_method", "_pool", "_resolved", "_ser")
 
-    def __init__(self, pool: _Pool, kind: str, method: str, ser: Any, des: Any, resolved: ResolvedMethod) -> None:
+    def __init__(
+        self, pool: EndpointPool[Any], kind: str, method: str, ser: Any, des: Any, resolved: ResolvedMethod
+    ) -> None:
         self._pool = pool
         self._kind = kind
         self._method = method
         self._ser = ser
         self._des = des
         self._resolved = resolved
-        self._inner: dict[_Sub, Any] = {}
+        self._inner: dict[EndpointState[Any], Any] = {}
 
-    def _on(self, sub: _Sub) -> Any:
-        inner = self._inner.get(sub)
+    def _on(self, state: EndpointState[Any]) -> Any:
+        inner = self._inner.get(state)
         if inner is None:
             if len(self._inner) > 64:
                 self._inner = {s: c for s, c in self._inner.items() if not s.closed}
-            inner = self._inner[sub] = getattr(sub.channel, self._kind)(self._method, self._ser, self._des)
+            inner = self._inner[state] = getattr(state.resource, self._kind)(self._method, self._ser, self._des)
         return inner
 
 
@@ -276,13 +161,13 @@ class _SyncCallable(_Callable):
             replay = ReplayableRequests(request, resolved.buffer_limit, ctx)
 
         def attempt(ctx: CallContext) -> Any:
-            sub = pool.acquire(ctx)
+            selection = pool.pick(ctx)
             clock = ctx.clock
             start = clock.monotonic()
             outcome = Outcome.SUCCESS
             streaming = False
             try:
-                inner = self._on(sub)
+                inner = self._on(selection.state)
                 requests = replay.attempt() if replay is not None else request
                 args = (
                     requests,
@@ -296,7 +181,7 @@ class _SyncCallable(_Callable):
                     # A plain call needs no call object: grpc skips building one.
                     return inner.with_call(*args) if with_call else inner(*args)
                 call = inner(*args)
-                streaming = call.add_callback(lambda: pool.leave(sub))
+                streaming = call.add_callback(lambda: _release(selection, outcome, start, ctx))
                 return read_first(call, ctx)
             except BaseException as exc:
                 outcome = ctx.classifier.error(exc)
@@ -304,9 +189,8 @@ class _SyncCallable(_Callable):
                     record_pushback(ctx, exc)
                 raise
             finally:
-                pool.balancer.release(sub.endpoint, outcome, clock.monotonic() - start)
                 if not streaming:
-                    pool.leave(sub)
+                    _release(selection, outcome, start, ctx)
 
         pipeline = resolved.pipeline
         return pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
@@ -389,6 +273,9 @@ class ResilientChannel(grpc.Channel):
         options: channel options of the default factory.
         drain_timeout: seconds a removed endpoint's calls in flight may still run before
             its channel is closed, > 0 (default 30).
+        endpoint_health: builds the health gates of each endpoint, e.g.
+            ``lambda endpoint: CircuitBreaker(failure_threshold=5)`` for a breaker per
+            replica: a pick skips an endpoint whose gates reject (default: none).
     """
 
     def __init__(
@@ -401,6 +288,7 @@ class ResilientChannel(grpc.Channel):
         channel_factory: Callable[[str], grpc.Channel] | None = None,
         options: Sequence[tuple[str, Any]] = (),
         drain_timeout: Seconds = 30.0,
+        endpoint_health: HealthFactory | None = None,
     ) -> None:
         self.policies = as_policies(policies)
         drain = seconds("drain_timeout", drain_timeout)
@@ -408,9 +296,21 @@ class ResilientChannel(grpc.Channel):
         factory = channel_factory or (lambda address: grpc.insecure_channel(address, options=opts))
         self._timers: set[threading.Timer] = set()
         self._timers_lock = threading.Lock()
-        self._pool = _Pool(
-            service, discovery, balancer or RoundRobin(), factory, self._close_sub, self._schedule, drain
+        self._pool: EndpointPool[grpc.Channel] = EndpointPool(
+            service,
+            discovery,
+            balancer,
+            health=endpoint_health,
+            make=lambda endpoint: factory(endpoint.address),
+            close=self._close_state,
+            drain_timeout=drain,
+            schedule=self._schedule,
         )
+
+    @property
+    def pool(self) -> EndpointPool[grpc.Channel]:
+        """The endpoints, their state and their sub-channels."""
+        return self._pool
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -419,11 +319,12 @@ class ResilientChannel(grpc.Channel):
 
     def inflight(self) -> dict[str, int]:
         """Attempts in flight per endpoint address (removed ones still draining included)."""
-        return {address: sub.inflight for address, sub in self._pool.subs.items()}
+        return self._pool.inflight()
 
     @staticmethod
-    def _close_sub(sub: _Sub) -> None:
-        sub.channel.close()
+    def _close_state(state: EndpointState[grpc.Channel]) -> None:
+        if state.resource is not None:
+            state.resource.close()
 
     def _schedule(self, delay: float, fn: Callable[[], None]) -> None:
         def run() -> None:
@@ -478,12 +379,12 @@ class ResilientChannel(grpc.Channel):
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
         # Connectivity is per sub-channel; callers of this API get the first endpoint's.
-        for sub in list(self._pool.subs.values())[:1]:
-            sub.channel.subscribe(callback, try_to_connect=try_to_connect)
+        for channel in _channels(self._pool)[:1]:
+            channel.subscribe(callback, try_to_connect=try_to_connect)
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
-        for sub in list(self._pool.subs.values())[:1]:
-            sub.channel.unsubscribe(callback)
+        for channel in _channels(self._pool)[:1]:
+            channel.unsubscribe(callback)
 
     def close(self) -> None:
         """Stop following the discovery and close every sub-channel."""
@@ -491,8 +392,8 @@ class ResilientChannel(grpc.Channel):
             timers, self._timers = self._timers, set()
         for timer in timers:
             timer.cancel()
-        for sub in self._pool.close():
-            sub.channel.close()
+        for state in self._pool.close():
+            self._close_state(state)
 
     def __enter__(self) -> ResilientChannel:
         return self
@@ -609,13 +510,13 @@ class _AioCallable(_Callable):
             replay = AsyncReplayableRequests(request, resolved.buffer_limit, ctx)
 
         async def attempt(ctx: CallContext) -> tuple[Any, Any]:
-            sub = pool.acquire(ctx)
+            selection = pool.pick(ctx)
             clock = ctx.clock
             start = clock.monotonic()
             outcome = Outcome.SUCCESS
             streaming = False
             try:
-                inner = self._on(sub)
+                inner = self._on(selection.state)
                 call = inner(
                     replay.attempt() if replay is not None else request,
                     timeout=attempt_timeout(ctx),
@@ -625,7 +526,7 @@ class _AioCallable(_Callable):
                     compression=compression,
                 )
                 if response_streaming:
-                    call.add_done_callback(lambda _call: pool.leave(sub))
+                    call.add_done_callback(lambda _call: _release(selection, outcome, start, ctx))
                     streaming = True
                     return await aread_first(call, ctx), call
                 return await await_unary(call, ctx), call
@@ -633,9 +534,8 @@ class _AioCallable(_Callable):
                 outcome = ctx.classifier.error(exc)
                 raise
             finally:
-                pool.balancer.release(sub.endpoint, outcome, clock.monotonic() - start)
                 if not streaming:
-                    pool.leave(sub)
+                    _release(selection, outcome, start, ctx)
 
         pipeline = resolved.pipeline
         if pipeline is not None:
@@ -662,6 +562,7 @@ class AioResilientChannel(grpc.aio.Channel):
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         options: Sequence[tuple[str, Any]] = (),
         drain_timeout: Seconds = 30.0,
+        endpoint_health: HealthFactory | None = None,
     ) -> None:
         self.policies = as_policies(policies)
         drain = seconds("drain_timeout", drain_timeout)
@@ -669,9 +570,21 @@ class AioResilientChannel(grpc.aio.Channel):
         factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address, options=opts))
         self._closing: set[asyncio.Task[Any]] = set()
         self._handles: set[asyncio.TimerHandle] = set()
-        self._pool = _Pool(
-            service, discovery, balancer or RoundRobin(), factory, self._close_sub, self._schedule, drain
+        self._pool: EndpointPool[grpc.aio.Channel] = EndpointPool(
+            service,
+            discovery,
+            balancer,
+            health=endpoint_health,
+            make=lambda endpoint: factory(endpoint.address),
+            close=self._close_state,
+            drain_timeout=drain,
+            schedule=self._schedule,
         )
+
+    @property
+    def pool(self) -> EndpointPool[grpc.aio.Channel]:
+        """The endpoints, their state and their sub-channels."""
+        return self._pool
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -680,26 +593,26 @@ class AioResilientChannel(grpc.aio.Channel):
 
     def inflight(self) -> dict[str, int]:
         """Attempts in flight per endpoint address."""
-        return {address: sub.inflight for address, sub in self._pool.subs.items()}
+        return self._pool.inflight()
 
-    def _close_sub(self, sub: _Sub) -> None:
-        loop = sub.loop
-        if loop is None or loop.is_closed():
+    def _close_state(self, state: EndpointState[grpc.aio.Channel]) -> None:
+        loop = state.loop
+        if loop is None or loop.is_closed() or state.resource is None:
             return
         if _running_loop() is loop:
-            self._spawn_close(sub)
+            self._spawn_close(state.resource)
         else:
-            loop.call_soon_threadsafe(self._spawn_close, sub)
+            loop.call_soon_threadsafe(self._spawn_close, state.resource)
 
-    def _spawn_close(self, sub: _Sub) -> None:
-        task = asyncio.get_running_loop().create_task(sub.channel.close())
+    def _spawn_close(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(None))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     def _schedule(self, delay: float, fn: Callable[[], None]) -> None:
         loop = _running_loop()
         if loop is None:
-            loops = {s.loop for s in self._pool.subs.values() if s.loop is not None}
+            loops = {s.loop for s in self._pool.states if s.loop is not None}
             if not loops:
                 return
             loop = loops.pop()
@@ -755,27 +668,27 @@ class AioResilientChannel(grpc.aio.Channel):
         return self._callable("stream_stream", method, request_serializer, response_deserializer)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        states = [sub.channel.get_state(try_to_connect) for sub in list(self._pool.subs.values())]
+        states = [channel.get_state(try_to_connect) for channel in _channels(self._pool)]
         if grpc.ChannelConnectivity.READY in states:
             return grpc.ChannelConnectivity.READY
         return states[0] if states else grpc.ChannelConnectivity.IDLE
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        subs = list(self._pool.subs.values())
-        if subs:
-            await subs[0].channel.wait_for_state_change(last_observed_state)
+        channels = _channels(self._pool)
+        if channels:
+            await channels[0].wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
-        for sub in list(self._pool.subs.values()):
-            await sub.channel.channel_ready()
+        for channel in _channels(self._pool):
+            await channel.channel_ready()
 
     async def close(self, grace: float | None = None) -> None:
         """Stop following the discovery and close every sub-channel (waiting ``grace`` for calls)."""
         for handle in list(self._handles):
             handle.cancel()
         self._handles.clear()
-        subs = self._pool.close()
-        await asyncio.gather(*(sub.channel.close(grace) for sub in subs))
+        states = self._pool.close()
+        await asyncio.gather(*(state.resource.close(grace) for state in states if state.resource is not None))
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 

@@ -51,20 +51,22 @@ they are, next to httpx's own errors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from resilience.balancing.base import Balancer
+from resilience.balancing.pool import EndpointState, HealthFactory, Hold, Selection
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
+from resilience.outcome import Outcome
 
 from ._httpx_core import (
     DEFAULT_FAILURE_STATUSES,
     EXTENSION,
     IDEMPOTENT_METHODS,
-    EndpointTransports,
     HttpxClassifier,
     OnceAsyncStream,
     OnceSyncStream,
@@ -73,7 +75,6 @@ from ._httpx_core import (
     ResilienceExtension,
     Route,
     Router,
-    _Entry,
     _OnceBody,
     endpoint_request,
     parse_retry_after,
@@ -124,8 +125,8 @@ class _Exchange:
                 raise TypeError(f"unsupported request stream {stream!r}")
             self.body = body
 
-    def prepare(self, ctx: CallContext) -> tuple[httpx.Request, Endpoint | None]:
-        """The request to send in this attempt, and its endpoint when discovery routes it."""
+    def prepare(self, ctx: CallContext, endpoint: Endpoint | None) -> httpx.Request:
+        """The request to send in this attempt (to ``endpoint`` when discovery routes it)."""
         router = self.router
         extensions = None
         if ctx.deadline is not None:
@@ -136,17 +137,13 @@ class _Exchange:
                 raise httpx.StreamConsumed()
             body.ctx = ctx
         request = self.request
-        if self.discovered:
-            endpoint = router.pick(ctx, request.url.host)
-            return (
-                endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header),
-                endpoint,
-            )
+        if endpoint is not None:
+            return endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header)
         if extensions is not None:
             # The caller's request is never changed: an attempt with its own timeouts gets a
             # copy (a hedge or an abandoned attempt may still run when the call returns).
-            return endpoint_request(request, None, extensions, rewrite_host_header=False), None
-        return request, None
+            return endpoint_request(request, None, extensions, rewrite_host_header=False)
+        return request
 
     def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
         router = self.router
@@ -190,6 +187,9 @@ class ResilientTransport(httpx.BaseTransport):
             PUT, DELETE, TRACE).
         rewrite_host_header: send the endpoint's address as ``Host`` instead of the
             service name (default ``False``).
+        endpoint_health: builds the health gates of each discovered endpoint, e.g.
+            ``lambda endpoint: CircuitBreaker(failure_threshold=5)`` for a breaker per
+            replica: a pick skips an endpoint whose gates reject (default: none).
     """
 
     def __init__(
@@ -203,6 +203,7 @@ class ResilientTransport(httpx.BaseTransport):
         discovery: Discovery | None = None,
         balancer: Balancer | None = None,
         endpoint_transport: Callable[[Endpoint], httpx.BaseTransport] | None = None,
+        endpoint_health: HealthFactory | None = None,
         idempotent_methods: Collection[str] = IDEMPOTENT_METHODS,
         rewrite_host_header: bool = False,
     ) -> None:
@@ -217,10 +218,11 @@ class ResilientTransport(httpx.BaseTransport):
             balancer=balancer,
             idempotent_methods=idempotent_methods,
             rewrite_host_header=rewrite_host_header,
+            endpoint_health=endpoint_health,
         )
-        self._endpoints: EndpointTransports[httpx.BaseTransport] | None = None
         if discovery is not None and (endpoint_transport is not None or inner is None):
-            self._endpoints = EndpointTransports(discovery, endpoint_transport or _default_sync_transport, _close_sync)
+            self._router.make_resource = endpoint_transport or _default_sync_transport
+            self._router.close_resource = _close_sync
         self._inner = inner if inner is not None else httpx.HTTPTransport()
 
     @property
@@ -239,9 +241,8 @@ class ResilientTransport(httpx.BaseTransport):
         return _checked(response)
 
     def close(self) -> None:
-        if self._endpoints is not None:
-            for transport in self._endpoints.shutdown():
-                transport.close()
+        for transport in self._router.shutdown():
+            transport.close()
         self._inner.close()
 
     def __repr__(self) -> str:
@@ -254,31 +255,28 @@ class _SyncExchange(_Exchange):
     transport: ResilientTransport
 
     def __call__(self, ctx: CallContext) -> httpx.Response:
-        request, endpoint = self.prepare(ctx)
-        if endpoint is None:
-            return self.answered(ctx, self.transport._inner.handle_request(request))
-        pool = self.transport._endpoints
-        entry = None
-        if pool is not None:
-            pool.watch(self.request.url.host)
-            entry = pool.acquire(endpoint)
-        inner = entry.transport if entry is not None else self.transport._inner
+        if not self.discovered:
+            return self.answered(ctx, self.transport._inner.handle_request(self.prepare(ctx, None)))
+        selection = self.router.pool(self.request.url.host).pick(ctx)
         clock = ctx.clock
-        balancer = self.router.balancer
         start = clock.monotonic()
         try:
+            request = self.prepare(ctx, selection.endpoint)
+            resource = selection.state.resource
+            inner = resource if resource is not None else self.transport._inner
             response = inner.handle_request(request)
         except BaseException as exc:
-            balancer.release(endpoint, ctx.classifier.error(exc), clock.monotonic() - start)
-            if entry is not None:
-                assert pool is not None
-                _close_sync_or_none(pool.release(entry))
+            _release(selection, ctx, ctx.classifier.error(exc), start)
             raise
-        balancer.release(endpoint, ctx.classifier.result(response), clock.monotonic() - start)
-        if entry is not None:
-            assert pool is not None
-            response.stream = _ReleasingSyncStream(response.stream, pool, entry)
+        if resource is not None:
+            response.stream = _HeldSyncStream(response.stream, selection.hold())
+        _release(selection, ctx, ctx.classifier.result(response), start)
         return self.answered(ctx, response)
+
+
+def _release(selection: Selection[Any], ctx: CallContext, outcome: Outcome, start: float) -> None:
+    now = ctx.clock.monotonic()
+    selection.release(outcome, now - start, now, ctx)
 
 
 class AsyncResilientTransport(httpx.AsyncBaseTransport):
@@ -299,6 +297,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         discovery: Discovery | None = None,
         balancer: Balancer | None = None,
         endpoint_transport: Callable[[Endpoint], httpx.AsyncBaseTransport] | None = None,
+        endpoint_health: HealthFactory | None = None,
         idempotent_methods: Collection[str] = IDEMPOTENT_METHODS,
         rewrite_host_header: bool = False,
     ) -> None:
@@ -313,12 +312,27 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             balancer=balancer,
             idempotent_methods=idempotent_methods,
             rewrite_host_header=rewrite_host_header,
+            endpoint_health=endpoint_health,
         )
-        self._endpoints: EndpointTransports[httpx.AsyncBaseTransport] | None = None
+        # Transports of endpoints that discovery dropped are closed in the event loop: the
+        # pool may retire them from any thread, so they wait here for the next request.
+        self._retired: list[httpx.AsyncBaseTransport] = []
+        self._retired_lock = threading.Lock()
         if discovery is not None and (endpoint_transport is not None or inner is None):
-            # Retired transports are closed in the event loop (close=None queues them).
-            self._endpoints = EndpointTransports(discovery, endpoint_transport or _default_async_transport, None)
+            self._router.make_resource = endpoint_transport or _default_async_transport
+            self._router.close_resource = self._retire
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+
+    def _retire(self, state: EndpointState[Any]) -> None:
+        if state.resource is not None:
+            with self._retired_lock:
+                self._retired.append(state.resource)
+
+    async def _close_retired(self) -> None:
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for transport in retired:
+            await transport.aclose()
 
     @property
     def classifier(self) -> HttpxClassifier:
@@ -326,10 +340,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return self._router.classifier
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        endpoints = self._endpoints
-        if endpoints is not None and endpoints.pending:
-            for transport in endpoints.take_pending():
-                await transport.aclose()
+        if self._retired:
+            await self._close_retired()
         pipeline, ctx, discovered = self._router.begin(request)
         exchange = _AsyncExchange(self, request, ctx, discovered)
         try:
@@ -340,9 +352,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return _checked(response)
 
     async def aclose(self) -> None:
-        if self._endpoints is not None:
-            for transport in self._endpoints.shutdown():
-                await transport.aclose()
+        for transport in self._router.shutdown():
+            await transport.aclose()
+        await self._close_retired()
         await self._inner.aclose()
 
     def __repr__(self) -> str:
@@ -355,32 +367,22 @@ class _AsyncExchange(_Exchange):
     transport: AsyncResilientTransport
 
     async def __call__(self, ctx: CallContext) -> httpx.Response:
-        request, endpoint = self.prepare(ctx)
-        if endpoint is None:
-            return self.answered(ctx, await self.transport._inner.handle_async_request(request))
-        pool = self.transport._endpoints
-        entry = None
-        if pool is not None:
-            pool.watch(self.request.url.host)
-            entry = pool.acquire(endpoint)
-        inner = entry.transport if entry is not None else self.transport._inner
+        if not self.discovered:
+            return self.answered(ctx, await self.transport._inner.handle_async_request(self.prepare(ctx, None)))
+        selection = self.router.pool(self.request.url.host).pick(ctx)
         clock = ctx.clock
-        balancer = self.router.balancer
         start = clock.monotonic()
         try:
+            request = self.prepare(ctx, selection.endpoint)
+            resource = selection.state.resource
+            inner = resource if resource is not None else self.transport._inner
             response = await inner.handle_async_request(request)
         except BaseException as exc:
-            balancer.release(endpoint, ctx.classifier.error(exc), clock.monotonic() - start)
-            if entry is not None:
-                assert pool is not None
-                retired = pool.release(entry)
-                if retired is not None:
-                    await retired.aclose()
+            _release(selection, ctx, ctx.classifier.error(exc), start)
             raise
-        balancer.release(endpoint, ctx.classifier.result(response), clock.monotonic() - start)
-        if entry is not None:
-            assert pool is not None
-            response.stream = _ReleasingAsyncStream(response.stream, pool, entry)
+        if resource is not None:
+            response.stream = _HeldAsyncStream(response.stream, selection.hold())
+        _release(selection, ctx, ctx.classifier.result(response), start)
         return self.answered(ctx, response)
 
 
@@ -395,24 +397,19 @@ def _default_async_transport(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport()
 
 
-def _close_sync(transport: httpx.BaseTransport) -> None:
-    transport.close()
+def _close_sync(state: EndpointState[Any]) -> None:
+    if state.resource is not None:
+        state.resource.close()
 
 
-def _close_sync_or_none(transport: httpx.BaseTransport | None) -> None:
-    if transport is not None:
-        transport.close()
+class _HeldSyncStream(httpx.SyncByteStream):
+    """A response body that keeps its endpoint's transport open until it is closed."""
 
+    __slots__ = ("_hold", "_inner")
 
-class _ReleasingSyncStream(httpx.SyncByteStream):
-    """A response body that gives its endpoint transport back when closed."""
-
-    __slots__ = ("_entry", "_inner", "_pool")
-
-    def __init__(self, inner: Any, pool: EndpointTransports[httpx.BaseTransport], entry: _Entry[Any]) -> None:
+    def __init__(self, inner: Any, hold: Hold) -> None:
         self._inner: httpx.SyncByteStream = inner
-        self._pool: EndpointTransports[httpx.BaseTransport] | None = pool
-        self._entry = entry
+        self._hold = hold
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._inner)
@@ -421,20 +418,17 @@ class _ReleasingSyncStream(httpx.SyncByteStream):
         try:
             self._inner.close()
         finally:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                _close_sync_or_none(pool.release(self._entry))
+            self._hold.close()
 
 
-class _ReleasingAsyncStream(httpx.AsyncByteStream):
-    """The async twin of :class:`_ReleasingSyncStream`."""
+class _HeldAsyncStream(httpx.AsyncByteStream):
+    """The async twin of :class:`_HeldSyncStream`."""
 
-    __slots__ = ("_entry", "_inner", "_pool")
+    __slots__ = ("_hold", "_inner")
 
-    def __init__(self, inner: Any, pool: EndpointTransports[httpx.AsyncBaseTransport], entry: _Entry[Any]) -> None:
+    def __init__(self, inner: Any, hold: Hold) -> None:
         self._inner: httpx.AsyncByteStream = inner
-        self._pool: EndpointTransports[httpx.AsyncBaseTransport] | None = pool
-        self._entry = entry
+        self._hold = hold
 
     def __aiter__(self) -> Any:
         return self._inner.__aiter__()
@@ -443,8 +437,4 @@ class _ReleasingAsyncStream(httpx.AsyncByteStream):
         try:
             await self._inner.aclose()
         finally:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                retired = pool.release(self._entry)
-                if retired is not None:
-                    await retired.aclose()
+            self._hold.close()

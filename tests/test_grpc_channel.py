@@ -13,9 +13,9 @@ import pytest
 from interceptors._grpc_common import MethodPolicy
 from interceptors.grpc_channel import AioResilientChannel, ResilientChannel, aio_resilient_channel, resilient_channel
 from resilience.balancing.base import Balancer, NoEndpointError, RoundRobin, untried
+from resilience.balancing.pool import EndpointState
 from resilience.clock import FakeClock
 from resilience.context import CallContext
-from resilience.discovery.base import Endpoint
 from resilience.discovery.static import StaticDiscovery
 from resilience.outcome import Outcome
 from resilience.pipeline import Pipeline
@@ -31,8 +31,8 @@ S = grpc.StatusCode
 class FirstUntried(Balancer):
     """Always the first endpoint not tried yet: a deterministic primary and hedge."""
 
-    def pick(self, endpoints: Sequence[Endpoint], ctx: CallContext) -> Endpoint:
-        return untried(endpoints, ctx)[0]
+    def pick(self, candidates: Sequence[EndpointState[Any]], ctx: CallContext, now: float) -> EndpointState[Any]:
+        return untried(candidates, ctx)[0]
 
 
 class RecordingRoundRobin(RoundRobin):
@@ -40,8 +40,8 @@ class RecordingRoundRobin(RoundRobin):
         super().__init__()
         self.released: list[tuple[str, Outcome]] = []
 
-    def release(self, endpoint: Endpoint, outcome: Outcome, duration: float) -> None:
-        self.released.append((endpoint.address, outcome))
+    def observe(self, state: EndpointState[Any], outcome: Outcome, duration: float, now: float) -> None:
+        self.released.append((state.address, outcome))
 
 
 @pytest.fixture

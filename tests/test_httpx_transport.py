@@ -28,9 +28,9 @@ from interceptors.httpx import (
     parse_retry_after,
 )
 from resilience.balancing.base import NoEndpointError, RoundRobin
+from resilience.balancing.pool import EndpointState
 from resilience.clock import FakeClock
 from resilience.context import CallContext
-from resilience.discovery.base import Endpoint
 from resilience.discovery.static import StaticDiscovery
 from resilience.errors import BulkheadFullError, DeadlineExceededError, RejectedError
 from resilience.events import Event, RetryGaveUp
@@ -506,9 +506,9 @@ async def test_the_balancer_learns_each_attempts_outcome(
     released: list[tuple[str, Outcome]] = []
 
     class Recorder(RoundRobin):
-        def release(self, endpoint: Endpoint, outcome: Outcome, duration: float) -> None:
+        def observe(self, state: EndpointState[Any], outcome: Outcome, duration: float, now: float) -> None:
             assert duration >= 0
-            released.append((endpoint.address, outcome))
+            released.append((state.address, outcome))
 
     servers[0].script(503)
     servers[1].script(404)
@@ -523,8 +523,7 @@ async def test_each_endpoint_gets_its_own_pool_until_discovery_drops_it(
 ) -> None:
     discovery = StaticDiscovery({"orders": [s.address for s in servers[:2]]})
     client = make(pipeline=Pipeline(clock=FakeClock()), discovery=discovery)
-    pool = client.transport._endpoints
-    assert pool is not None
+    pool = client.transport._router
     for _ in range(2):
         await client.get("http://orders/")
     assert pool.addresses() == sorted(s.address for s in servers[:2])
@@ -567,7 +566,7 @@ async def test_a_shared_inner_transport_serves_every_endpoint(
     client = make(pipeline=Pipeline(clock=FakeClock()), discovery=discovery, record=True)
     await client.get("http://orders/a")
     await client.get("http://orders/b")
-    assert client.transport._endpoints is None
+    assert client.transport._router.make_resource is None
     assert client.recording is not None
     assert [str(r.url) for r in client.recording.sent] == [
         f"http://{s.address}/{p}" for s, p in zip(servers, "ab", strict=False)
