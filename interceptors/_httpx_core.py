@@ -1,20 +1,17 @@
-"""The I/O-free half of the httpx transports: routes, contexts, classification, endpoints.
+"""The I/O-free half of the httpx transports: the router that prepares each request and attempt.
 
-:mod:`interceptors.httpx` holds the two thin executors (sync and asyncio); everything they
-share lives here, written once.
+:mod:`interceptors.httpx` holds the two thin executors (sync and asyncio); what they share
+is written once, in four rooms: :mod:`._httpx_classify` (what a response means),
+:mod:`._httpx_routes` (the rule table and per-request options), :mod:`._httpx_bodies`
+(bodies sent once) and this module (the router and the per-attempt request).
 """
 
 from __future__ import annotations
 
-import email.utils
-import fnmatch
 import math
-import re
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, TypedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -23,9 +20,21 @@ from resilience.balancing.base import Balancer, RoundRobin
 from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
-from resilience.errors import DeadlineExceededError, RejectedError
-from resilience.outcome import Classifier, Outcome
+from resilience.errors import DeadlineExceededError
 from resilience.pipeline import Pipeline
+
+from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, replayable
+from ._httpx_classify import DEFAULT_FAILURE_STATUSES, HttpxClassifier, parse_retry_after
+from ._httpx_routes import (
+    _EXTENSION_KEYS,
+    EXTENSION,
+    IDEMPOTENT_METHODS,
+    PipelineFactory,
+    PolicySet,
+    ResilienceExtension,
+    Route,
+    _PolicySet,
+)
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -38,401 +47,6 @@ __all__ = [
     "Route",
     "parse_retry_after",
 ]
-
-EXTENSION = "resilience"
-"""The key of the per-request options in ``request.extensions``."""
-
-IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-"""HTTP methods that are safe to send twice (RFC 9110, section 9.2.2)."""
-
-DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset({429, *range(500, 600)})
-"""Statuses that count against the backend by default: 429 and every 5xx."""
-
-PipelineFactory = Callable[[str], Pipeline]
-"""Builds the pipeline of one service (called once per service name, then cached)."""
-
-PolicySet = Pipeline | PipelineFactory
-"""A pipeline shared by every service, or a factory giving each service its own."""
-
-
-class ResilienceExtension(TypedDict, total=False):
-    """The shape of ``request.extensions["resilience"]``; every key is optional.
-
-    Example: ``client.post(url, json=..., extensions={"resilience": {"idempotent": True, "timeout": 2.0}})``.
-
-    Keys:
-        idempotent: ``True`` lets a non-idempotent method (POST, PATCH) be retried and hedged;
-            ``False`` forbids it for any method.
-        timeout: seconds for the whole call, every attempt and backoff included (> 0).
-        deadline: an absolute deadline on the pipeline clock's ``monotonic()``; the earlier of
-            ``timeout`` and ``deadline`` wins.
-        policy: the name of a policy set given to the transport's ``policies``.
-        service: the logical service name put in the call's context (default: the host).
-        tags: labels added to the call's context (for keys and telemetry).
-    """
-
-    idempotent: bool
-    timeout: float | timedelta
-    deadline: float
-    policy: str
-    service: str
-    tags: Mapping[str, str]
-
-
-_EXTENSION_KEYS = frozenset(ResilienceExtension.__annotations__)
-
-
-# -- classification ------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str, now_wall: float) -> float | None:
-    """A ``Retry-After`` value as seconds from now, or ``None`` when it cannot be read.
-
-    Both forms of RFC 9110 are understood: delay seconds (``"120"``; a decimal is tolerated)
-    and an HTTP date (``"Wed, 21 Oct 2015 07:28:00 GMT"``), read against ``now_wall`` (seconds
-    since the epoch, from the call's clock). A date in the past gives ``0.0``.
-    """
-    text = value.strip()
-    if not text:
-        return None
-    if text[0].isdigit():
-        try:
-            delay = float(text)
-        except ValueError:
-            return None
-        return delay if math.isfinite(delay) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now_wall)
-
-
-class HttpxClassifier(Classifier):
-    """What httpx responses and errors mean for the backend.
-
-    - A response whose status is in ``failure_statuses`` (default 429 and every 5xx) is a
-      failure; any other status >= 400 is the caller's fault (:data:`Outcome.IGNORED`): it
-      neither trips a breaker nor is retried; 1xx-3xx are successes.
-    - Transport errors (connection refused or reset, timeouts, a server that hangs up) are
-      failures; errors made on our side (an unsupported scheme, an invalid URL, a local
-      protocol error, a request body already consumed) and the library's own rejections
-      are ignored.
-
-    A response that is thrown away (before a retry, or a losing hedge) is closed, so its
-    connection goes back to the pool or is dropped. A small error body whose length is
-    known (at most ``drain_limit`` bytes) is read first, which lets HTTP/1.1 reuse the
-    connection instead of opening a new one for the retry.
-
-    Args:
-        failure_statuses: statuses that count against the backend (default 429 and 500-599).
-        retryable_statuses: the failure statuses worth a retry (default: all of
-            ``failure_statuses``); must be a subset of them.
-        drain_limit: the largest error body, in bytes, read before closing a discarded
-            response, >= 0 (default 65536; 0 never reads).
-    """
-
-    __slots__ = ("drain_limit", "failure_statuses", "retryable_statuses")
-
-    checks_results = True
-
-    def __init__(
-        self,
-        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
-        *,
-        retryable_statuses: Collection[int] | None = None,
-        drain_limit: int = 65536,
-    ) -> None:
-        self.failure_statuses = _statuses("failure_statuses", failure_statuses)
-        if retryable_statuses is None:
-            self.retryable_statuses = self.failure_statuses
-        else:
-            self.retryable_statuses = _statuses("retryable_statuses", retryable_statuses)
-            extra = self.retryable_statuses - self.failure_statuses
-            if extra:
-                raise ValueError(f"retryable_statuses must be a subset of failure_statuses, got extra {sorted(extra)}")
-        if isinstance(drain_limit, bool) or not isinstance(drain_limit, int) or drain_limit < 0:
-            raise ValueError(f"drain_limit must be an integer >= 0, got {drain_limit!r}")
-        self.drain_limit = drain_limit
-
-    def error(self, exc: BaseException) -> Outcome:
-        if isinstance(exc, httpx.TransportError):
-            if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-                return Outcome.IGNORED
-            return Outcome.FAILURE
-        if isinstance(exc, httpx.InvalidURL | httpx.StreamError | RejectedError) or not isinstance(exc, Exception):
-            return Outcome.IGNORED
-        return Outcome.FAILURE
-
-    def result(self, result: object) -> Outcome:
-        status: int = result.status_code if isinstance(result, httpx.Response) else 200
-        if status in self.failure_statuses:
-            return Outcome.FAILURE
-        return Outcome.IGNORED if status >= 400 else Outcome.SUCCESS
-
-    def retryable_result(self, result: object) -> bool:
-        return isinstance(result, httpx.Response) and result.status_code in self.retryable_statuses
-
-    def _drainable(self, response: httpx.Response) -> bool:
-        if not self.drain_limit:
-            return False
-        length = response.headers.get("content-length")
-        return length is not None and length.isdigit() and int(length) <= self.drain_limit
-
-    def discard(self, result: object) -> None:
-        if not isinstance(result, httpx.Response) or result.is_closed:
-            return
-        if not isinstance(result.stream, httpx.SyncByteStream):
-            return  # an async response cannot be closed from sync code; adiscard does it
-        try:
-            if self._drainable(result):
-                for _ in result.iter_raw():
-                    pass
-        except Exception:  # the body is thrown away anyway; closing below is what matters
-            pass
-        finally:
-            result.close()
-
-    async def adiscard(self, result: object) -> None:
-        if not isinstance(result, httpx.Response) or result.is_closed:
-            return
-        if not isinstance(result.stream, httpx.AsyncByteStream):
-            self.discard(result)
-            return
-        try:
-            if self._drainable(result):
-                async for _ in result.aiter_raw():
-                    pass
-        except Exception:
-            pass
-        finally:
-            await result.aclose()
-
-    def __repr__(self) -> str:
-        return f"HttpxClassifier(failure_statuses={_ranges(self.failure_statuses)})"
-
-
-def _statuses(name: str, value: Collection[int]) -> frozenset[int]:
-    if isinstance(value, str | bytes) or not isinstance(value, Collection):
-        raise TypeError(f"{name} must be a collection of HTTP status codes, got {value!r}")
-    for status in value:
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise ValueError(f"{name} must hold status codes in [100, 599], got {status!r}")
-    return frozenset(value)
-
-
-def _ranges(statuses: frozenset[int]) -> str:
-    out: list[str] = []
-    for status in sorted(statuses):
-        if out and out[-1].endswith(f"-{status - 1}"):
-            out[-1] = f"{out[-1].rsplit('-', 1)[0]}-{status}"
-        elif out and out[-1] == str(status - 1):
-            out[-1] = f"{status - 1}-{status}"
-        else:
-            out.append(str(status))
-    return "{" + ", ".join(out) + "}"
-
-
-# -- routes ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One rule of a transport's routing table: which requests get which policy set.
-
-    Rules are tried in order; the first one whose ``host``, ``path`` and ``methods`` all
-    match decides. A request that no rule matches gets the transport's default pipeline.
-    Every field is plain data, so a configuration file can describe the table.
-
-    Attributes:
-        policy: the policy set: a name from the transport's ``policies``, a
-            :class:`~resilience.Pipeline`, a factory ``service -> Pipeline``, or ``None``
-            for the transport's default (default ``None``).
-        host: a glob on the URL's host, case-insensitive (``"api.example.com"``,
-            ``"*.internal"``); ``None`` matches any host (default).
-        path: a glob on the whole URL path (``"/orders/*"``; ``*`` also matches ``/``), or a
-            regular expression when it starts with ``^`` (``"^/v[12]/items/\\d+$"``) or is a
-            compiled pattern (matched from the start); ``None`` matches any path (default).
-        methods: the HTTP methods matched (any case); ``None`` matches all (default).
-        name: the method name put in the call's context (``ctx.method``), e.g. ``"get-order"``;
-            ``None`` uses ``"<METHOD> <path>"`` (default).
-        service: the logical service name put in the call's context; ``None`` uses the
-            host (default).
-        idempotent: forces the call to be treated as idempotent (``True``) or not
-            (``False``); ``None`` decides by method and ``Idempotency-Key`` (default).
-        timeout: a deadline for the whole call, in seconds or a ``timedelta`` (> 0);
-            ``None`` for none (default). A request's own ``timeout`` extension wins.
-        tags: labels put in the call's context (default none).
-    """
-
-    policy: str | Pipeline | Callable[[str], Pipeline] | None = None
-    host: str | None = None
-    path: str | re.Pattern[str] | None = None
-    methods: Collection[str] | None = None
-    name: str | None = None
-    service: str | None = None
-    idempotent: bool | None = None
-    timeout: float | timedelta | None = None
-    tags: Mapping[str, str] | None = None
-    _host_re: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
-    _path_re: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
-    _path_full: bool = field(init=False, default=False, repr=False, compare=False)
-    _methods: frozenset[str] | None = field(init=False, default=None, repr=False, compare=False)
-    _timeout: float | None = field(init=False, default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.host is not None:
-            if not isinstance(self.host, str) or not self.host:
-                raise ValueError(f"host must be a non-empty host glob or None, got {self.host!r}")
-            object.__setattr__(self, "_host_re", re.compile(fnmatch.translate(self.host), re.IGNORECASE))
-        path = self.path
-        if isinstance(path, re.Pattern):
-            object.__setattr__(self, "_path_re", path)
-        elif isinstance(path, str):
-            if not path:
-                raise ValueError("path must be a non-empty glob or pattern, or None, got ''")
-            if path.startswith("^"):
-                try:
-                    object.__setattr__(self, "_path_re", re.compile(path))
-                except re.error as exc:
-                    raise ValueError(f"path is not a valid regular expression: {path!r} ({exc})") from None
-            else:
-                object.__setattr__(self, "_path_re", re.compile(fnmatch.translate(path)))
-                object.__setattr__(self, "_path_full", True)
-        elif path is not None:
-            raise TypeError(f"path must be a glob, a pattern or None, got {path!r}")
-        if self.methods is not None:
-            if isinstance(self.methods, str):
-                raise TypeError(f"methods must be a collection of method names, got the string {self.methods!r}")
-            methods = frozenset(m.upper() for m in self.methods)
-            if not methods:
-                raise ValueError("methods must name at least one method, or be None for all")
-            object.__setattr__(self, "_methods", methods)
-        if self.timeout is not None:
-            object.__setattr__(self, "_timeout", seconds("timeout", self.timeout))
-        if self.idempotent is not None and not isinstance(self.idempotent, bool):
-            raise TypeError(f"idempotent must be a bool or None, got {self.idempotent!r}")
-        policy = self.policy
-        if policy is not None and not isinstance(policy, str | Pipeline) and not callable(policy):
-            raise TypeError(f"policy must be a policy set name, a Pipeline, a factory or None, got {policy!r}")
-
-    def matches(self, host: str, method: str, path: str) -> bool:
-        """Whether a request for ``method`` ``host`` ``path`` falls under this rule."""
-        if self._methods is not None and method not in self._methods:
-            return False
-        if self._host_re is not None and self._host_re.match(host) is None:
-            return False
-        if self._path_re is not None:
-            found = self._path_re.match(path)
-            if found is None or (self._path_full and found.end() != len(path)):
-                return False
-        return True
-
-
-class _PolicySet:
-    """A pipeline, or a factory with its pipelines cached per service."""
-
-    __slots__ = ("_factory", "_lock", "_pipelines", "name", "pipeline")
-
-    def __init__(self, name: str, value: object) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._pipelines: dict[str, Pipeline] = {}
-        if isinstance(value, Pipeline):
-            self.pipeline: Pipeline | None = value
-            self._factory: PipelineFactory | None = None
-        elif callable(value):
-            self.pipeline = None
-            self._factory = value
-        else:
-            raise TypeError(f"policy set {name!r} must be a Pipeline or a factory service -> Pipeline, got {value!r}")
-
-    def get(self, service: str) -> Pipeline:
-        pipeline = self.pipeline
-        if pipeline is not None:
-            return pipeline
-        pipeline = self._pipelines.get(service)
-        if pipeline is not None:
-            return pipeline
-        assert self._factory is not None
-        made = self._factory(service)  # user code: never under our lock
-        if not isinstance(made, Pipeline):
-            raise TypeError(f"policy set {self.name!r}: the factory returned {made!r} for {service!r}, not a Pipeline")
-        with self._lock:
-            return self._pipelines.setdefault(service, made)
-
-
-# -- request bodies ----------------------------------------------------------------------
-
-
-def replayable(stream: object) -> bool:
-    """Whether a request body can be sent again: bytes, or a multipart form of seekable files."""
-    if isinstance(stream, httpx.ByteStream):
-        return True
-    fields = getattr(stream, "fields", None)
-    if type(stream).__name__ == "MultipartStream" and isinstance(fields, list):
-        # httpx rewinds each file before sending it; that works for seekable files only.
-        for part in fields:
-            file = getattr(part, "file", None)
-            if file is not None and not isinstance(file, str | bytes):
-                seekable = getattr(file, "seekable", None)
-                if seekable is None or not seekable():
-                    return False
-        return True
-    return False
-
-
-class _OnceBody:
-    """Marks the call committed when a non-replayable body starts to go out."""
-
-    __slots__ = ("ctx", "started")
-
-    def __init__(self) -> None:
-        self.ctx: CallContext | None = None
-        self.started = False
-
-    def start(self) -> None:
-        if self.started:
-            raise httpx.StreamConsumed()
-        self.started = True
-        if self.ctx is not None:
-            self.ctx.committed = True
-
-
-class OnceSyncStream(httpx.SyncByteStream, _OnceBody):
-    """A sync request body that can be sent once: a second send raises ``StreamConsumed``."""
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: httpx.SyncByteStream) -> None:
-        _OnceBody.__init__(self)
-        self.inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        self.start()
-        yield from self.inner
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class OnceAsyncStream(httpx.AsyncByteStream, _OnceBody):
-    """An async request body that can be sent once."""
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        _OnceBody.__init__(self)
-        self.inner = inner
-
-    async def __aiter__(self) -> Any:
-        self.start()
-        async for chunk in self.inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
 
 # -- the per-call preparation, shared by both transports ---------------------------------
 

@@ -63,6 +63,7 @@ from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
 from resilience.outcome import Outcome
 
+from ._httpx_bodies import _OnceBody
 from ._httpx_core import (
     DEFAULT_FAILURE_STATUSES,
     EXTENSION,
@@ -75,7 +76,6 @@ from ._httpx_core import (
     ResilienceExtension,
     Route,
     Router,
-    _OnceBody,
     endpoint_request,
     parse_retry_after,
     replayable,

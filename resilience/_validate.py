@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
@@ -37,8 +38,14 @@ def as_seconds(value: Seconds | None) -> Any:
     return value
 
 
-def seconds(name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False) -> float:
-    """``value`` as seconds (a number or a ``timedelta``), checked to be finite and > 0 (or >= 0)."""
+def seconds(
+    name: str, value: object, *, allow_zero: bool = False, allow_none: bool = False, bounded: bool = False
+) -> float:
+    """``value`` as seconds (a number or a ``timedelta``), checked to be finite and > 0 (or >= 0).
+
+    ``bounded``: also at most ``threading.TIMEOUT_MAX``, for durations that become a wait or
+    a timer.
+    """
     if value is None and allow_none:
         return math.inf
     if isinstance(value, timedelta):
@@ -49,6 +56,10 @@ def seconds(name: str, value: object, *, allow_zero: bool = False, allow_none: b
     bound = ">= 0" if allow_zero else "> 0"
     if math.isnan(v) or math.isinf(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    if bounded and v > threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"{name} must be at most {threading.TIMEOUT_MAX:g} seconds (threading.TIMEOUT_MAX), got {value!r}"
+        )
     return v
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ..context import CallContext
-from ..discovery.base import Discovery, Endpoint
+from ..discovery.base import BaseDiscovery, Discovery, Endpoint
 from ..outcome import Outcome
 from ..permit import READY, Gate, Permit, Rejection
 from .base import Balancer, NoEndpointError, RoundRobin
@@ -199,7 +199,10 @@ class EndpointPool(Generic[R]):
         self.draining: dict[int, EndpointState[R]] = {}
         self.closed = False
         self._unsubscribe = discovery.subscribe(service, self.update)
-        self.update(discovery.endpoints(service))
+        if not isinstance(discovery, BaseDiscovery):
+            # A BaseDiscovery delivers the current list on subscribe, in order with later
+            # changes; other sources may not, so read it once.
+            self.update(discovery.endpoints(service))
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
