@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from resilience import CallContext, Classifier, Event, Outcome, Pipeline
 from resilience.policies.hedge import Hedge, HedgeOptions, HedgeWon
@@ -99,7 +100,7 @@ def test_a_primary_that_answers_first_under_trio_needs_no_hedge() -> None:
     pipeline = Pipeline(hedge)
 
     async def attempt(ctx: CallContext) -> str:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return f"hedge-{ctx.hedge}"
 
     async def main() -> str:
