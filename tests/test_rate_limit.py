@@ -355,7 +355,7 @@ async def test_async_redis_limit_through_limits_aio(redis_server: RedisServer) -
     limit = RateLimit("5/second", storage=redis_server.url, name=name, key="{tenant}")
     sync_view = RateLimit("5/second", storage=redis_server.url, name=name)
     try:
-        assert isinstance(limit._alimiter.storage, limits.aio.storage.RedisStorage)
+        assert isinstance(limit._active[3].storage, limits.aio.storage.RedisStorage)
         pipeline = Pipeline(limit)
 
         async def one(tenant: str) -> float | str:

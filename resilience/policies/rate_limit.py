@@ -15,11 +15,13 @@ in this module, for both.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import limits
 import limits.aio.storage
@@ -29,21 +31,34 @@ import limits.strategies
 from limits.errors import ConfigurationError, StorageError
 from limits.util import WindowStats
 
-from .._validate import Seconds, integer, seconds
+from .._async_exec import gate_async
+from .._sync_exec import gate_sync
+from .._validate import Seconds, as_seconds, integer, seconds
 from ..context import CallContext
+from ..errors import RateLimitedError
 from ..events import Event, emit
+from ..options import Options, Reconfigurable
+from ..outcome import Outcome
+from ..permit import GateMixin, Permit, Rejection
 from ..policy import AsyncNext, Policy, SyncNext
-from .token_bucket import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key, rejection, wait_limit
+from .token_bucket import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
+from .token_bucket import rejection as _rate_limited
 
-__all__ = ["RATE_LIMIT_STRATEGIES", "RateLimit", "RateLimitRejected", "RateLimitStorageState", "RateLimitWaited"]
+__all__ = [
+    "RATE_LIMIT_STRATEGIES",
+    "RateLimit",
+    "RateLimitOptions",
+    "RateLimitRejected",
+    "RateLimitStorageState",
+    "RateLimitWaited",
+]
 
 _log = logging.getLogger("resilience")
 
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 """The ``strategy`` names, as ``limits`` spells them."""
 
-_MIN_STEP = 0.001
-"""The shortest sleep between two tries in wait mode, so that a stale window never spins."""
+_READY = Permit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +112,62 @@ def _next_permit(stats: WindowStats) -> float:
     return float(stats.reset_time) if stats.remaining <= 0 else 0.0
 
 
-class RateLimit(Policy):
+@dataclass(frozen=True, slots=True)
+class RateLimitOptions(Options):
+    """How a :class:`RateLimit` limits calls (its storages are given to the policy, not here).
+
+    Attributes:
+        rate: a ``limits`` string (``"100/second"``, ``"10 per 5 minutes"``), an
+            ``(amount, per_seconds)`` pair (amount >= 1, a whole number of seconds >= 1, a
+            ``timedelta`` accepted), or a ``limits.RateLimitItem`` (required); stored as the
+            ``limits.RateLimitItem``.
+        strategy: one of :data:`RATE_LIMIT_STRATEGIES` (default ``"moving-window"``).
+        key: the key template or ``callable(ctx) -> str``, or ``None`` for one limit over
+            every call (default ``None``); see :func:`~resilience.compile_key`.
+        mode: ``"reject"`` (default) or ``"wait"``.
+        max_wait: in ``"wait"`` mode, the longest total wait in seconds, > 0, or ``None``
+            for no limit other than the deadline (default ``None``).
+        fail_open: admit calls while the storage fails (default ``True``).
+        storage_recheck: seconds between two tries of a failed storage, > 0 (default 1).
+
+    Raises:
+        ValueError: an option is out of range, or an unknown strategy.
+        TypeError: an option has the wrong type.
+    """
+
+    rate: str | tuple[int, Seconds] | limits.RateLimitItem
+    strategy: str = "moving-window"
+    key: str | KeyFunc | None = None
+    mode: str = "reject"
+    max_wait: float | None = None
+    fail_open: bool = True
+    storage_recheck: float = 1.0
+    keyfn: KeyFunc | None = field(init=False, default=None, repr=False, compare=False)
+    """The compiled ``key`` (derived)."""
+
+    def __post_init__(self) -> None:
+        self.set("rate", _parse_rate(self.rate))
+        if self.strategy not in RATE_LIMIT_STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(RATE_LIMIT_STRATEGIES)}, got {self.strategy!r}")
+        self.set("keyfn", compile_key(self.key))
+        self.set("mode", check_mode(self.mode))
+        if self.max_wait is not None:
+            self.set("max_wait", seconds("max_wait", self.max_wait))
+        if not isinstance(self.fail_open, bool):
+            raise TypeError(f"fail_open must be a bool, got {self.fail_open!r}")
+        self.set("storage_recheck", seconds("storage_recheck", self.storage_recheck))
+
+    @property
+    def item(self) -> limits.RateLimitItem:
+        """The rate as a ``limits.RateLimitItem``."""
+        return cast(limits.RateLimitItem, self.rate)
+
+
+_Active = tuple[RateLimitOptions, limits.RateLimitItem, Any, Any]
+"""What one call reads at once: the options, the rate, the sync and the async limiter."""
+
+
+class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
     """A window rate limit on calls, kept by ``limits``: in memory, or shared through Redis.
 
     Each call takes one permit from the limit of its key. When none is left:
@@ -118,8 +188,10 @@ class RateLimit(Policy):
     **Keys**: ``key`` is ``None`` for one limit over every call through this policy, a
     template such as ``"{service}:{method}:{tenant}"`` (``{service}`` and ``{method}``
     from the context, any other name a tag of the call), or a ``callable(ctx) -> str``.
-    The storage key is made of the policy's ``name``, the key and the rate: processes that
-    share a limit through Redis must use the same ``name``, ``key`` and ``rate``.
+    The storage key is made of the policy's ``name``, the strategy, the key and the rate:
+    processes that share a limit through Redis must use the same ``name``, ``strategy``,
+    ``key`` and ``rate``. (Each strategy keeps records of its own shape, which must never
+    meet under one storage key.)
 
     **Storages**: ``storage`` is a ``limits`` storage URI (``"memory://"``,
     ``"redis://host:6379/0"``, ...) or a ``limits.storage.Storage``; asyncio callers use
@@ -135,50 +207,55 @@ class RateLimit(Policy):
     :class:`~resilience.RateLimitedError`. Either way the storage is not asked again for
     ``storage_recheck`` seconds, so an outage costs no round trip per call.
 
+    **Options and reconfigure.** The keywords (but the storages) build a
+    :class:`RateLimitOptions`; ``options=`` takes one whole. Storages are the policy's own
+    and :meth:`reconfigure` keeps them, with whatever they hold, and the storage's
+    up-or-down state. Since storage keys include the rate and the strategy, a changed
+    ``rate`` or ``strategy`` starts counting afresh (the old counts expire in the storage
+    by themselves); with both unchanged the counts go on. A strategy the storage does not
+    support is refused (``ValueError``) and nothing changes. A new ``key`` applies to the
+    next calls, as do ``mode``, ``max_wait``, ``fail_open`` and ``storage_recheck``.
+
+    **Permit protocol.** :meth:`acquire` (sync storage, and the in-process memory storage
+    for asyncio callers too) and :meth:`aacquire` (async storage) give a permit or a
+    rejection; in wait mode the rejection allows the executor to sleep and ask again.
+
     Args:
-        rate: a ``limits`` string (``"100/second"``, ``"10 per 5 minutes"``), an
-            ``(amount, per_seconds)`` pair (amount >= 1, a whole number of seconds >= 1),
-            or a ``limits.RateLimitItem``.
-        strategy: one of :data:`RATE_LIMIT_STRATEGIES` (default ``"moving-window"``).
+        rate, strategy, key, mode, max_wait, fail_open, storage_recheck: see
+            :class:`RateLimitOptions`.
+        options: the whole options object (instead of those keywords).
         storage: a storage URI or a sync ``limits`` storage (default ``"memory://"``).
         async_storage: a storage URI or a ``limits.aio`` storage for asyncio callers
             (default: derived from ``storage``, see above).
         storage_options: keyword arguments for the storages built from URIs (e.g. redis
             ``socket_timeout``); default none.
-        key: the key template or callable, or ``None`` (default).
-        mode: ``"reject"`` (default) or ``"wait"``.
-        max_wait: in ``"wait"`` mode, the longest total wait in seconds, > 0, or ``None``
-            for no limit other than the deadline (default ``None``).
-        fail_open: admit calls while the storage fails (default ``True``).
-        storage_recheck: seconds between two tries of a failed storage, > 0 (default 1).
         name: the policy's name in events and storage keys (default ``"ratelimit"``).
 
     Raises:
         ValueError: an option out of range, an unknown strategy, or a storage that does
             not support the strategy.
+        TypeError: both ``rate`` and ``options``, or neither, are given.
     """
 
     __slots__ = (
-        "_alimiter",
+        "_active",
+        "_astorage",
         "_async_problem",
         "_down_until",
         "_errors",
-        "_key",
         "_lock",
+        "_options",
         "_owned",
         "_shared",
-        "_sync_limiter",
-        "fail_open",
-        "item",
-        "max_wait",
-        "mode",
-        "storage_recheck",
-        "strategy",
+        "_storage",
+        "aacquire",
     )
+
+    options_type = RateLimitOptions
 
     def __init__(
         self,
-        rate: str | tuple[int, Seconds] | limits.RateLimitItem,
+        rate: str | tuple[int, Seconds] | limits.RateLimitItem | None = None,
         *,
         strategy: str = "moving-window",
         storage: str | limits.storage.Storage = "memory://",
@@ -189,52 +266,67 @@ class RateLimit(Policy):
         max_wait: Seconds | None = None,
         fail_open: bool = True,
         storage_recheck: Seconds = 1.0,
+        options: RateLimitOptions | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.item = _parse_rate(rate)
-        if strategy not in RATE_LIMIT_STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(RATE_LIMIT_STRATEGIES)}, got {strategy!r}")
-        self.strategy = strategy
-        self._key = compile_key(key)
-        self.mode = check_mode(mode)
-        self.max_wait = seconds("max_wait", max_wait, allow_none=True)
-        self.fail_open = bool(fail_open)
-        self.storage_recheck = seconds("storage_recheck", storage_recheck)
-        options = dict(storage_options or {})
+        if options is None:
+            if rate is None:
+                raise TypeError("RateLimit needs rate (or options=RateLimitOptions(...))")
+            options = RateLimitOptions(
+                rate, strategy, key, mode, as_seconds(max_wait), bool(fail_open), as_seconds(storage_recheck)
+            )
+        elif not isinstance(options, RateLimitOptions):
+            raise TypeError(f"options must be RateLimitOptions, got {options!r}")
+        elif rate is not None:
+            raise TypeError("give rate or options, not both")
+        storage_kwargs = dict(storage_options or {})
         self._owned: list[Any] = []
+        strategy = options.strategy
 
-        sync_storage = self._build_storage("storage", storage, options, asynchronous=False)
-        self._sync_limiter = self._limiter("storage", limits.strategies.STRATEGIES[strategy], sync_storage)
+        self._storage: Any = self._build_storage("storage", storage, storage_kwargs, asynchronous=False)
+        sync_limiter = self._limiter("storage", self._storage, strategy, asynchronous=False)
         # An in-process memory storage never blocks: asyncio callers share it with sync ones.
-        self._shared = isinstance(sync_storage, limits.storage.MemoryStorage) and async_storage is None
-        self._alimiter: Any = None
+        self._shared = isinstance(self._storage, limits.storage.MemoryStorage) and async_storage is None
+        self._astorage: Any = None
         self._async_problem = "when storage is a storage object other than memory"
         if not self._shared:
             if async_storage is not None:
-                astorage = self._build_storage("async_storage", async_storage, options, asynchronous=True)
-                self._alimiter = self._limiter("async_storage", limits.aio.strategies.STRATEGIES[strategy], astorage)
+                self._astorage = self._build_storage("async_storage", async_storage, storage_kwargs, asynchronous=True)
             elif isinstance(storage, str):
                 # Derived from a sync URI: a missing async driver must not break sync callers,
                 # so a failure here is only reported to the first asyncio caller.
                 try:
-                    astorage = self._build_storage("async_storage", "async+" + storage, options, asynchronous=True)
-                    self._alimiter = self._limiter(
-                        "async_storage", limits.aio.strategies.STRATEGIES[strategy], astorage
+                    self._astorage = self._build_storage(
+                        "async_storage", "async+" + storage, storage_kwargs, asynchronous=True
                     )
+                    self._limiter("async_storage", self._astorage, strategy, asynchronous=True)
                 except ValueError as exc:
+                    self._astorage = None
                     self._async_problem = f"({exc})"
+        async_limiter = (
+            None
+            if self._astorage is None
+            else self._limiter("async_storage", self._astorage, strategy, asynchronous=True)
+        )
 
         errors: list[type[BaseException]] = [StorageError]
-        for limiter in (self._sync_limiter, self._alimiter):
-            if limiter is not None and not isinstance(
-                limiter.storage, limits.storage.MemoryStorage | limits.aio.storage.MemoryStorage
+        for store in (self._storage, self._astorage):
+            if store is not None and not isinstance(
+                store, limits.storage.MemoryStorage | limits.aio.storage.MemoryStorage
             ):
-                base = limiter.storage.base_exceptions
+                base = store.base_exceptions
                 errors.extend(base if isinstance(base, tuple) else (base,))
         self._errors: tuple[type[BaseException], ...] = tuple(dict.fromkeys(errors))
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self._options = options
+        self._active: _Active = (options, options.item, sync_limiter, async_limiter)
+        # The async executor awaits ``aacquire`` when a gate has one: not for the memory
+        # storage shared with sync callers, whose ``acquire`` never blocks.
+        self.aacquire: Callable[[CallContext, float], Awaitable[Permit | Rejection]] | None = (
+            None if self._shared else self._aacquire
+        )
 
     # -- construction helpers -------------------------------------------------------------
 
@@ -260,26 +352,59 @@ class RateLimit(Policy):
         self._owned.append(built)
         return built
 
-    def _limiter(self, option: str, cls: Any, storage: Any) -> Any:
+    @staticmethod
+    def _limiter(option: str, storage: Any, strategy: str, *, asynchronous: bool) -> Any:
+        cls = (limits.aio.strategies if asynchronous else limits.strategies).STRATEGIES[strategy]
         try:
             return cls(storage)
         except NotImplementedError:
-            raise ValueError(
-                f"{option} {type(storage).__name__} does not support the {self.strategy!r} strategy"
-            ) from None
+            raise ValueError(f"{option} {type(storage).__name__} does not support the {strategy!r} strategy") from None
 
-    def _async_limiter(self) -> Any:
-        if self._alimiter is None:
-            raise TypeError(
-                f"{self.name}: asyncio callers need async_storage (a limits.aio storage or URI) {self._async_problem}"
-            )
-        return self._alimiter
+    # -- options --------------------------------------------------------------------------
+
+    def _reconfigure(self, options: RateLimitOptions) -> None:
+        old, _, limiter, alimiter = self._active
+        if options.strategy != old.strategy:
+            # Built before anything changes: a strategy the storage refuses leaves all as it was.
+            limiter = self._limiter("storage", self._storage, options.strategy, asynchronous=False)
+            if self._astorage is not None:
+                alimiter = self._limiter("async_storage", self._astorage, options.strategy, asynchronous=True)
+        with self._lock:
+            self._options = options
+            self._active = (options, options.item, limiter, alimiter)
+
+    @property
+    def item(self) -> limits.RateLimitItem:
+        """The rate, as a ``limits.RateLimitItem``."""
+        return self._active[1]
+
+    @property
+    def strategy(self) -> str:
+        """The ``limits`` strategy's name."""
+        return self._options.strategy
+
+    @property
+    def mode(self) -> str:
+        """``"reject"`` or ``"wait"``."""
+        return self._options.mode
+
+    @property
+    def max_wait(self) -> float:
+        """The longest total wait in wait mode, in seconds (``inf``: only the deadline bounds it)."""
+        max_wait = self._options.max_wait
+        return math.inf if max_wait is None else max_wait
+
+    @property
+    def fail_open(self) -> bool:
+        """Whether calls are admitted while the storage fails."""
+        return self._options.fail_open
+
+    @property
+    def storage_recheck(self) -> float:
+        """Seconds between two tries of a failed storage."""
+        return self._options.storage_recheck
 
     # -- the decision core ----------------------------------------------------------------
-
-    def _storage_down(self, ctx: CallContext) -> bool:
-        """Whether to skip the storage (it failed less than ``storage_recheck`` ago)."""
-        return bool(self._down_until) and ctx.clock.monotonic() < self._down_until
 
     def _storage_up(self, ctx: CallContext, key: str) -> None:
         with self._lock:
@@ -289,117 +414,124 @@ class RateLimit(Policy):
             if ctx.listeners:
                 emit(ctx.listeners, RateLimitStorageState(self.name, ctx, key, True, None))
 
-    def _storage_failed(self, ctx: CallContext, key: str, exc: BaseException | None) -> None:
-        """Admit the call (fail open, returns) or raise (fail closed). ``exc`` is ``None`` when
+    def _storage_failed(
+        self, ctx: CallContext, options: RateLimitOptions, key: str, exc: BaseException | None, now: float
+    ) -> Permit | Rejection:
+        """Admit the call (fail open) or reject it (fail closed). ``exc`` is ``None`` when
         the storage was skipped because it failed recently."""
         if exc is not None:
             with self._lock:
                 first = not self._down_until
-                self._down_until = ctx.clock.monotonic() + self.storage_recheck
+                self._down_until = now + options.storage_recheck
             if first:
                 cause = exc.storage_error if isinstance(exc, StorageError) else exc
                 _log.warning(
                     "%s: rate limit storage failed (%r); %s calls until it answers",
                     self.name,
                     cause,
-                    "admitting" if self.fail_open else "rejecting",
+                    "admitting" if options.fail_open else "rejecting",
                 )
                 if ctx.listeners:
                     emit(ctx.listeners, RateLimitStorageState(self.name, ctx, key, False, cause))
-        if not self.fail_open:
-            error = rejection(self.name, ctx, key, None, "storage")
-            if exc is not None:
-                raise error from exc
-            raise error
+        if options.fail_open:
+            return _READY
+        return Rejection("storage", None, detail=(key, exc))
 
-    def _refused(self, ctx: CallContext, key: str, reset_time: float, waited: float) -> float:
-        """After a refused hit: the delay to sleep before trying again, or raise."""
-        retry_after = reset_time - ctx.clock.wall()
+    def _refused(self, ctx: CallContext, options: RateLimitOptions, key: str, stats: WindowStats) -> Rejection:
+        retry_after = _next_permit(stats) - ctx.clock.wall()
         if retry_after < 0.0:
             retry_after = 0.0
-        if self.mode == "reject":
-            raise rejection(self.name, ctx, key, retry_after, "limit")
-        delay = retry_after if retry_after > _MIN_STEP else _MIN_STEP
-        limit, reason = wait_limit(ctx, self.max_wait, waited)
-        if delay > limit:
-            raise rejection(self.name, ctx, key, retry_after, reason)
+        if options.mode == "wait":
+            max_wait = options.max_wait
+            return Rejection("limit", retry_after, max_wait=math.inf if max_wait is None else max_wait, detail=key)
+        return Rejection("limit", retry_after, detail=key)
+
+    # -- the permit protocol: storage access is the only part that differs between sync and async
+
+    def acquire(self, ctx: CallContext, now: float) -> Permit | Rejection:
+        """Take a permit from the sync storage (or the memory storage, for any caller)."""
+        options, item, limiter, _ = self._active
+        keyfn = options.keyfn
+        key = keyfn(ctx) if keyfn is not None else ""
+        if self._down_until and now < self._down_until:
+            return self._storage_failed(ctx, options, key, None, now)
+        name, strategy = self.name, options.strategy
+        try:
+            if limiter.hit(item, name, strategy, key):
+                stats = None
+            else:
+                stats = limiter.get_window_stats(item, name, strategy, key)
+        except self._errors as exc:
+            return self._storage_failed(ctx, options, key, exc, now)
+        if self._down_until:
+            self._storage_up(ctx, key)
+        return _READY if stats is None else self._refused(ctx, options, key, stats)
+
+    async def _aacquire(self, ctx: CallContext, now: float) -> Permit | Rejection:
+        """Async twin of :meth:`acquire`, on the async storage (the executors call it as ``aacquire``)."""
+        options, item, _, limiter = self._active
+        if limiter is None:
+            raise TypeError(
+                f"{self.name}: asyncio callers need async_storage (a limits.aio storage or URI) {self._async_problem}"
+            )
+        keyfn = options.keyfn
+        key = keyfn(ctx) if keyfn is not None else ""
+        if self._down_until and now < self._down_until:
+            return self._storage_failed(ctx, options, key, None, now)
+        name, strategy = self.name, options.strategy
+        try:
+            if await limiter.hit(item, name, strategy, key):
+                stats = None
+            else:
+                stats = await limiter.get_window_stats(item, name, strategy, key)
+        except self._errors as exc:
+            return self._storage_failed(ctx, options, key, exc, now)
+        if self._down_until:
+            self._storage_up(ctx, key)
+        return _READY if stats is None else self._refused(ctx, options, key, stats)
+
+    def release(
+        self, permit: Permit, outcome: Outcome, duration: float, now: float, ctx: CallContext | None = None
+    ) -> None:
+        """Nothing to give back: a window counts the permits taken."""
+
+    def waiting(self, ctx: CallContext, rejection: Rejection, delay: float) -> None:
+        """Wait mode: the call sleeps ``delay`` seconds before asking again (a :class:`RateLimitWaited`)."""
         if ctx.listeners:
-            emit(ctx.listeners, RateLimitWaited(self.name, ctx, key, delay))
-        return delay
+            emit(ctx.listeners, RateLimitWaited(self.name, ctx, rejection.detail or "", delay))
 
-    # -- storage access: the only part that differs between sync and async -------------
-
-    def _hit(self, ctx: CallContext, key: str) -> float | None:
-        """Take a permit: ``None`` when taken (or the storage failed open), else the reset time."""
-        if self._down_until and self._storage_down(ctx):
-            self._storage_failed(ctx, key, None)
-            return None
-        limiter, item, name = self._sync_limiter, self.item, self.name
-        try:
-            reset = None if limiter.hit(item, name, key) else _next_permit(limiter.get_window_stats(item, name, key))
-        except self._errors as exc:
-            self._storage_failed(ctx, key, exc)
-            return None
-        if self._down_until:
-            self._storage_up(ctx, key)
-        return reset
-
-    async def _ahit(self, ctx: CallContext, key: str) -> float | None:
-        """Async twin of :meth:`_hit`."""
-        if self._down_until and self._storage_down(ctx):
-            self._storage_failed(ctx, key, None)
-            return None
-        limiter, item, name = self._async_limiter(), self.item, self.name
-        try:
-            hit = await limiter.hit(item, name, key)
-            reset = None if hit else _next_permit(await limiter.get_window_stats(item, name, key))
-        except self._errors as exc:
-            self._storage_failed(ctx, key, exc)
-            return None
-        if self._down_until:
-            self._storage_up(ctx, key)
-        return reset
+    def rejected(self, ctx: CallContext, rejection: Rejection) -> RateLimitedError:
+        """The error for a call turned away (and its :class:`RateLimitRejected` event)."""
+        detail = rejection.detail
+        cause: BaseException | None = None
+        if isinstance(detail, tuple):
+            key, cause = detail
+        else:
+            key = detail or ""
+        error = _rate_limited(self.name, ctx, key, rejection.retry_after, rejection.reason)
+        if cause is not None:
+            error.__cause__ = cause
+        return error
 
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        keyfn, hit, refused = self._key, self._hit, self._refused
-
-        def rate_limit_sync(ctx: CallContext) -> Any:
-            key = keyfn(ctx) if keyfn is not None else ""
-            waited = 0.0
-            while (reset := hit(ctx, key)) is not None:
-                delay = refused(ctx, key, reset, waited)
-                ctx.clock.sleep(delay)
-                waited += delay
-            return next(ctx)
-
-        return rate_limit_sync
+        return gate_sync(self, next)
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        keyfn, refused = self._key, self._refused
-        shared, hit, ahit = self._shared, self._hit, self._ahit
-
-        async def rate_limit_async(ctx: CallContext) -> Any:
-            key = keyfn(ctx) if keyfn is not None else ""
-            waited = 0.0
-            while (reset := hit(ctx, key) if shared else await ahit(ctx, key)) is not None:
-                delay = refused(ctx, key, reset, waited)
-                await ctx.clock.asleep(delay)
-                waited += delay
-            return await next(ctx)
-
-        return rate_limit_async
+        return gate_async(self, next)
 
     # -- introspection and cleanup ----------------------------------------------------------
 
     def remaining(self, key: str = "") -> int:
         """Permits left now for ``key`` (sync storage)."""
-        return int(self._sync_limiter.get_window_stats(self.item, self.name, key).remaining)
+        options, item, limiter, _ = self._active
+        return int(limiter.get_window_stats(item, self.name, options.strategy, key).remaining)
 
     def reset(self, key: str = "") -> None:
         """Forget the permits taken for ``key`` (sync storage)."""
-        self._sync_limiter.clear(self.item, self.name, key)
+        options, item, limiter, _ = self._active
+        limiter.clear(item, self.name, options.strategy, key)
 
     def close(self) -> None:
         """Close the sync Redis client this policy created, if any."""
@@ -418,4 +550,5 @@ class RateLimit(Policy):
                 await client.aclose()
 
     def __repr__(self) -> str:
-        return f"RateLimit({str(self.item)!r}, strategy={self.strategy!r}, mode={self.mode!r})"
+        options = self._options
+        return f"RateLimit({str(options.item)!r}, strategy={options.strategy!r}, mode={options.mode!r})"

@@ -20,16 +20,28 @@ import math
 import string
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from .._validate import Seconds, integer, number, seconds
+from .._async_exec import gate_async
+from .._sync_exec import gate_sync, wait_limit
+from .._validate import Seconds, as_seconds, integer, number, seconds
+from ..clock import SYSTEM_CLOCK, Clock
 from ..context import CallContext
 from ..errors import RateLimitedError
 from ..events import Event, emit
+from ..options import Options, Reconfigurable
+from ..outcome import Outcome
+from ..permit import DELAYED, DelayedPermit, GateMixin, Permit, Rejection
 from ..policy import AsyncNext, Policy, SyncNext
 
-__all__ = ["KeyFunc", "RateLimitRejected", "RateLimitWaited", "TokenBucket", "compile_key"]
+__all__ = [
+    "KeyFunc",
+    "RateLimitRejected",
+    "RateLimitWaited",
+    "TokenBucket",
+    "TokenBucketOptions",
+    "compile_key",
+]
 
 KeyFunc = Callable[[CallContext], str]
 """Builds the limit's key from the call context."""
@@ -37,6 +49,10 @@ KeyFunc = Callable[[CallContext], str]
 _MODES = ("reject", "wait")
 _EPSILON = 1e-9
 """Float rounding allowance (seconds): a token due within a nanosecond is due now."""
+_GIVE_BACK_MARGIN = 1e-3
+"""A reservation released this long before its token is due never ran its call (a sleep
+may end a little early, never this early)."""
+_IGNORED = Outcome.IGNORED
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +110,18 @@ def _compile_template(template: str) -> KeyFunc:
     except ValueError as exc:
         raise ValueError(f"key must be a valid template such as '{{service}}:{{tenant}}', got {template!r}: {exc}")
     fmt: list[str] = []
-    for literal, field, spec, conversion in parsed:
+    for literal, name, spec, conversion in parsed:
         fmt.append(literal.replace("%", "%%"))
         literal_parts.append(literal)
-        if field is None:
+        if name is None:
             continue
-        if not field.isidentifier() or spec or conversion:
+        if not name.isidentifier() or spec or conversion:
             raise ValueError(
                 f"key template fields must be plain names ({{service}}, {{method}} or a tag name), "
-                f"got {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} in {template!r}"
+                f"got {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} in {template!r}"
             )
         fmt.append("%s")
-        getters.append(_field_getter(field))
+        getters.append(_field_getter(name))
     if not getters:
         constant = "".join(literal_parts)
         return lambda ctx: constant
@@ -116,15 +132,15 @@ def _compile_template(template: str) -> KeyFunc:
     return lambda ctx: pattern % tuple([get(ctx) for get in getters])
 
 
-def _field_getter(field: str) -> Callable[[CallContext], str]:
-    if field == "service":
+def _field_getter(name: str) -> Callable[[CallContext], str]:
+    if name == "service":
         return lambda ctx: ctx.service
-    if field == "method":
+    if name == "method":
         return lambda ctx: ctx.method
 
     def tag(ctx: CallContext) -> str:
         tags = ctx.tags
-        return tags.get(field, "") if tags is not None else ""
+        return tags.get(name, "") if tags is not None else ""
 
     return tag
 
@@ -134,15 +150,6 @@ def check_mode(mode: str) -> str:
     if mode not in _MODES:
         raise ValueError(f"mode must be 'reject' or 'wait', got {mode!r}")
     return mode
-
-
-def wait_limit(ctx: CallContext, max_wait: float, waited: float) -> tuple[float, str]:
-    """How much longer a call may wait for a permit, and what bounds it (``"max_wait"``/``"deadline"``)."""
-    limit, reason = max_wait - waited, "max_wait"
-    remaining = ctx.remaining()
-    if remaining is not None and remaining < limit:
-        limit, reason = remaining, "deadline"
-    return limit, reason
 
 
 def rejection(policy: str, ctx: CallContext, key: str, retry_after: float | None, reason: str) -> RateLimitedError:
@@ -160,7 +167,85 @@ def rejection(policy: str, ctx: CallContext, key: str, retry_after: float | None
     return RateLimitedError(f"{policy}: {why}{where}{when}", context=ctx, retry_after=retry_after)
 
 
-class TokenBucket(Policy):
+_rate_limited = rejection
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucketOptions(Options):
+    """How a :class:`TokenBucket` admits calls.
+
+    Attributes:
+        rate: tokens per second, in (0, 1e9] (required), and large enough that
+            ``burst / rate`` is a finite number of seconds.
+        burst: the bucket's size: calls admitted at once from full, in [1, 1e9] (default 1).
+        key: a key template, a ``callable(ctx) -> str``, or ``None`` for one bucket for
+            all calls (default ``None``); see :func:`compile_key`.
+        mode: ``"reject"`` (default) or ``"wait"``.
+        max_wait: in ``"wait"`` mode, the longest wait in seconds, > 0, or ``None`` for no
+            limit other than the call's deadline (default ``None``). A ``timedelta`` is
+            accepted and stored as seconds.
+        max_keys: the most keyed buckets kept, in [1, 10_000_000] (default 100_000).
+
+    Raises:
+        ValueError: an option is out of range, or a key template is malformed.
+        TypeError: an option has the wrong type.
+    """
+
+    rate: float
+    burst: int = 1
+    key: str | KeyFunc | None = None
+    mode: str = "reject"
+    max_wait: float | None = None
+    max_keys: int = 100_000
+    keyfn: KeyFunc | None = field(init=False, default=None, repr=False, compare=False)
+    """The compiled ``key`` (derived)."""
+
+    def __post_init__(self) -> None:
+        rate = number("rate", self.rate, low=0.0, high=1e9, low_open=True)
+        burst = integer("burst", self.burst, minimum=1, maximum=1_000_000_000)
+        interval = 1.0 / rate
+        if math.isinf(interval) or math.isinf(burst * interval):
+            # A subnormal rate: one token would take longer than a float can say.
+            raise ValueError(
+                f"rate must be large enough that burst / rate is a finite number of seconds, "
+                f"got rate={self.rate!r} with burst={burst}"
+            )
+        self.set("rate", rate)
+        self.set("burst", burst)
+        self.set("keyfn", compile_key(self.key))
+        self.set("mode", check_mode(self.mode))
+        if self.max_wait is not None:
+            self.set("max_wait", seconds("max_wait", self.max_wait))
+        self.set("max_keys", integer("max_keys", self.max_keys, minimum=1, maximum=10_000_000))
+
+
+class _Reservation(DelayedPermit):
+    """A token reserved for later: due at ``due``, after which the bucket's TAT was ``tat``."""
+
+    __slots__ = ("due", "tat")
+
+    def __init__(self, delay: float, key: str | None, due: float, tat: float) -> None:
+        super().__init__(delay, key)
+        self.due = due
+        self.tat = tat
+
+
+_READY = Permit()
+
+
+def _convert(tat: float, now: float, old: TokenBucketOptions, new: TokenBucketOptions) -> float:
+    """The TAT under ``new`` that leaves as many tokens at ``now`` as ``tat`` did under ``old``
+    (at most ``new.burst``; fewer than none when waiters reserved tokens ahead)."""
+    if tat <= now:
+        return tat  # full, and full it stays
+    old_interval = 1.0 / old.rate
+    tokens = (old.burst * old_interval - (tat - now)) / old_interval
+    if tokens >= new.burst:
+        return now
+    return now + (new.burst - tokens) / new.rate
+
+
+class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
     """A local token bucket: ``rate`` calls per second on average, bursts of up to ``burst``.
 
     A full bucket holds ``burst`` tokens and refills at ``rate`` tokens per second; each
@@ -175,7 +260,12 @@ class TokenBucket(Policy):
     - mode ``"wait"``: the call reserves the next token and sleeps on the call's clock
       until it is due, if that is within ``max_wait`` and before the call's deadline;
       otherwise it is rejected at once (no pointless sleep). Waiters are served in
-      arrival order. A waiter that is cancelled forfeits its reserved slot.
+      arrival order.
+
+    **A waiter that never runs** (cancelled, or interrupted while it sleeps, at least a
+    millisecond before its token is due) gives its token back when nobody reserved one
+    after it; otherwise it forfeits it, since giving it back would then let two calls
+    through in one slot. Calls that ran keep their token, whatever their outcome.
 
     **Keys**: with ``key`` set, each key has its own bucket (see :func:`compile_key`:
     ``"{service}:{method}:{tenant}"`` or a ``callable(ctx) -> str``). At most ``max_keys``
@@ -183,62 +273,126 @@ class TokenBucket(Policy):
     says nothing) are dropped first, then the fullest ones, down to 90% of ``max_keys``.
     A dropped key starts again with a full bucket.
 
+    **Options and reconfigure.** The keywords build a :class:`TokenBucketOptions`;
+    ``options=`` takes one whole. :meth:`reconfigure` keeps every bucket, the unkeyed one
+    and the keyed ones (also under a new ``key``: buckets of keys no longer made are idle
+    and go first when memory is bounded): each is converted so that the tokens it holds at
+    the clock's now stay the same under the new ``rate`` and ``burst``, clamped to the new
+    ``burst`` (tokens reserved ahead by waiters stay reserved). A smaller ``max_keys``
+    drops buckets at once as above. Calls already sleeping on a reservation keep it.
+
+    **Permit protocol.** :meth:`acquire` gives a permit, a
+    :class:`~resilience.permit.DelayedPermit` in wait mode when the token is due later, or
+    a rejection (``"limit"``; ``"max_wait"``/``"deadline"`` in wait mode); the executors
+    sleep. :meth:`take` is the low-level GCRA step, without a context.
+
     Args:
-        rate: tokens per second, in (0, 1e9].
-        burst: the bucket's size: calls admitted at once from full, in [1, 1e9] (default 1).
-        key: a key template, a callable, or ``None`` for one bucket for all calls (default).
-        mode: ``"reject"`` (default) or ``"wait"``.
-        max_wait: in ``"wait"`` mode, the longest wait in seconds, > 0, or ``None`` for
-            no limit other than the call's deadline (default ``None``).
-        max_keys: the most keys kept, in [1, 10_000_000] (default 100_000).
+        rate, burst, key, mode, max_wait, max_keys: see :class:`TokenBucketOptions`.
+        options: the whole options object (instead of the keywords).
+        clock: the time source of :meth:`reconfigure` (default: the real clock). Give the
+            pipeline's clock.
         name: the policy's name in events (default ``"tokenbucket"``).
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: both ``rate`` and ``options``, or neither, are given.
     """
 
     __slots__ = (
         "_interval",
-        "_key",
-        "_limit",
         "_lock",
         "_low_water",
+        "_options",
         "_slack",
         "_tat",
         "_tats",
-        "burst",
-        "max_keys",
-        "max_wait",
-        "mode",
-        "rate",
+        "clock",
     )
+
+    options_type = TokenBucketOptions
 
     def __init__(
         self,
-        rate: float,
+        rate: float | None = None,
         burst: int = 1,
         *,
         key: str | KeyFunc | None = None,
         mode: str = "reject",
         max_wait: Seconds | None = None,
         max_keys: int = 100_000,
+        options: TokenBucketOptions | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.rate = number("rate", rate, low=0.0, high=1e9, low_open=True)
-        self.burst = integer("burst", burst, minimum=1, maximum=1_000_000_000)
-        self._key = compile_key(key)
-        self.mode = check_mode(mode)
-        self.max_wait = seconds("max_wait", max_wait, allow_none=True)
-        self.max_keys = integer("max_keys", max_keys, minimum=1, maximum=10_000_000)
-        self._low_water = max(1, self.max_keys * 9 // 10)
-        self._interval = 1.0 / self.rate
-        self._limit = self.burst * self._interval
-        self._slack = self._limit - self._interval
+        if options is None:
+            if rate is None:
+                raise TypeError("TokenBucket needs rate (or options=TokenBucketOptions(...))")
+            options = TokenBucketOptions(rate, burst, key, mode, as_seconds(max_wait), max_keys)
+        elif not isinstance(options, TokenBucketOptions):
+            raise TypeError(f"options must be TokenBucketOptions, got {options!r}")
+        elif rate is not None:
+            raise TypeError("give rate or options, not both")
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
+        self.clock = clock
         self._lock = threading.Lock()
         self._tat = -math.inf
         self._tats: dict[str, float] = {}
+        self._set(options)
 
-    # -- the decision core ---------------------------------------------------------------
+    def _set(self, options: TokenBucketOptions) -> None:
+        """Install ``options`` and what is derived from them (under the lock, but at construction)."""
+        interval = 1.0 / options.rate
+        self._interval = interval
+        self._slack = options.burst * interval - interval
+        self._low_water = max(1, options.max_keys * 9 // 10)
+        self._options = options
 
-    def acquire(self, now: float, key: str | None = None, max_delay: float = 0.0) -> float:
+    # -- options --------------------------------------------------------------------------
+
+    def _reconfigure(self, options: TokenBucketOptions) -> None:
+        now = self.clock.monotonic()
+        with self._lock:
+            old = self._options
+            if (old.rate, old.burst) != (options.rate, options.burst):
+                self._tat = _convert(self._tat, now, old, options)
+                tats = self._tats
+                for key, tat in tats.items():
+                    tats[key] = _convert(tat, now, old, options)
+            self._set(options)
+            if len(self._tats) > options.max_keys:
+                self._evict(now)
+
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+        return self._options.rate
+
+    @property
+    def burst(self) -> int:
+        """The bucket's size."""
+        return self._options.burst
+
+    @property
+    def mode(self) -> str:
+        """``"reject"`` or ``"wait"``."""
+        return self._options.mode
+
+    @property
+    def max_wait(self) -> float:
+        """The longest wait in wait mode, in seconds (``inf``: only the deadline bounds it)."""
+        max_wait = self._options.max_wait
+        return math.inf if max_wait is None else max_wait
+
+    @property
+    def max_keys(self) -> int:
+        """The most keyed buckets kept."""
+        return self._options.max_keys
+
+    # -- the GCRA core --------------------------------------------------------------------
+
+    def take(self, now: float, key: str | None = None, max_delay: float = 0.0) -> float:
         """Take a token at ``now`` if one is due within ``max_delay`` seconds.
 
         Returns the wait until the token is due. When it is ``<= max_delay`` the token is
@@ -266,7 +420,7 @@ class TokenBucket(Policy):
             tats = self._tats
             tat = tats.get(key)
             if tat is None:
-                if len(tats) >= self.max_keys:
+                if len(tats) >= self._options.max_keys:
                     self._evict(now)
                 tat = now
             elif tat < now:
@@ -276,6 +430,31 @@ class TokenBucket(Policy):
                 return wait
             tats[key] = tat + self._interval
         return wait if wait > _EPSILON else 0.0
+
+    def _reserve(self, key: str | None, now: float, max_delay: float, reason: str) -> Permit | Rejection:
+        """Wait mode: take the token now or reserve it for later (the new TAT is kept for a give-back)."""
+        with self._lock:
+            if key is None:
+                tat = self._tat
+            else:
+                tats = self._tats
+                found = tats.get(key)
+                if found is None and len(tats) >= self._options.max_keys:
+                    self._evict(now)
+                tat = now if found is None else found
+            if tat < now:
+                tat = now
+            wait = tat - now - self._slack
+            if wait > max_delay + _EPSILON:
+                return Rejection(reason, wait, detail=key)
+            tat += self._interval
+            if key is None:
+                self._tat = tat
+            else:
+                self._tats[key] = tat
+        if wait <= _EPSILON:
+            return _READY
+        return _Reservation(wait, key, now + wait, tat)
 
     def _evict(self, now: float) -> None:
         # Caller holds the lock. A TAT in the past is a full bucket: dropping it loses
@@ -292,74 +471,67 @@ class TokenBucket(Policy):
         """Tokens in the bucket at ``now`` (fractional while refilling), in ``[0, burst]``."""
         with self._lock:
             tat = self._tat if key is None else self._tats.get(key, -math.inf)
+            interval, limit = self._interval, self._options.burst * self._interval
         if tat <= now:
-            return float(self.burst)
-        return max(0.0, (self._limit - (tat - now)) / self._interval)
+            return float(self._options.burst)
+        return max(0.0, (limit - (tat - now)) / interval)
 
     @property
     def keys(self) -> int:
         """Keyed buckets held now."""
         return len(self._tats)
 
-    def _max_delay(self, ctx: CallContext) -> tuple[float, str]:
-        limit, reason = wait_limit(ctx, self.max_wait, 0.0)
-        return (limit if limit > 0.0 else 0.0), reason
+    # -- the permit protocol ----------------------------------------------------------------
+
+    def acquire(self, ctx: CallContext, now: float) -> Permit | Rejection:
+        """A permit for a token taken at ``now``; in wait mode a
+        :class:`~resilience.permit.DelayedPermit` for a token reserved for later; else a
+        rejection with the exact ``retry_after``."""
+        options = self._options
+        keyfn = options.keyfn
+        key = keyfn(ctx) if keyfn is not None else None
+        if options.mode != "wait":
+            wait = self._take(now, 0.0) if key is None else self._take_keyed(key, now, 0.0)
+            if wait > 0.0:
+                return Rejection("limit", wait, detail=key)
+            return _READY
+        max_wait = options.max_wait
+        limit, reason = wait_limit(ctx, math.inf if max_wait is None else max_wait, 0.0)
+        permit = self._reserve(key, now, limit if limit > 0.0 else 0.0, reason)
+        if ctx.listeners and isinstance(permit, DelayedPermit):
+            emit(ctx.listeners, RateLimitWaited(self.name, ctx, key or "", permit.delay))
+        return permit
+
+    def release(
+        self, permit: Permit, outcome: Outcome, duration: float, now: float, ctx: CallContext | None = None
+    ) -> None:
+        """Nothing to free, but a reservation whose call never ran may give its token back."""
+        if (
+            outcome is _IGNORED
+            and permit.kind == DELAYED
+            and isinstance(permit, _Reservation)
+            and now < permit.due - _GIVE_BACK_MARGIN
+        ):
+            with self._lock:
+                key = permit.key
+                if key is None:
+                    if self._tat == permit.tat:
+                        self._tat = permit.tat - self._interval
+                elif self._tats.get(key) == permit.tat:
+                    self._tats[key] = permit.tat - self._interval
+
+    def rejected(self, ctx: CallContext, rejection: Rejection) -> RateLimitedError:
+        """The error for a call turned away (and its :class:`RateLimitRejected` event)."""
+        return _rate_limited(self.name, ctx, rejection.detail or "", rejection.retry_after, rejection.reason)
 
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        keyfn, name, acquire = self._key, self.name, self.acquire
-        if self.mode == "reject" and keyfn is None:
-            take = self._take
-
-            def token_bucket_sync(ctx: CallContext) -> Any:
-                retry_after = take(ctx.clock.monotonic(), 0.0)
-                if retry_after > _EPSILON:
-                    raise rejection(name, ctx, "", retry_after, "limit")
-                return next(ctx)
-
-            return token_bucket_sync
-
-        def token_bucket_keyed_sync(ctx: CallContext) -> Any:
-            key = keyfn(ctx) if keyfn is not None else None
-            delay, reason = self._max_delay(ctx) if self.mode == "wait" else (0.0, "limit")
-            wait = acquire(ctx.clock.monotonic(), key, delay)
-            if wait > delay + _EPSILON:
-                raise rejection(name, ctx, key or "", wait, reason)
-            if wait > 0.0:
-                if ctx.listeners:
-                    emit(ctx.listeners, RateLimitWaited(name, ctx, key or "", wait))
-                ctx.clock.sleep(wait)
-            return next(ctx)
-
-        return token_bucket_keyed_sync
+        return gate_sync(self, next)
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        keyfn, name, acquire = self._key, self.name, self.acquire
-        if self.mode == "reject" and keyfn is None:
-            take = self._take
-
-            async def token_bucket_async(ctx: CallContext) -> Any:
-                retry_after = take(ctx.clock.monotonic(), 0.0)
-                if retry_after > _EPSILON:
-                    raise rejection(name, ctx, "", retry_after, "limit")
-                return await next(ctx)
-
-            return token_bucket_async
-
-        async def token_bucket_keyed_async(ctx: CallContext) -> Any:
-            key = keyfn(ctx) if keyfn is not None else None
-            delay, reason = self._max_delay(ctx) if self.mode == "wait" else (0.0, "limit")
-            wait = acquire(ctx.clock.monotonic(), key, delay)
-            if wait > delay + _EPSILON:
-                raise rejection(name, ctx, key or "", wait, reason)
-            if wait > 0.0:
-                if ctx.listeners:
-                    emit(ctx.listeners, RateLimitWaited(name, ctx, key or "", wait))
-                await ctx.clock.asleep(wait)
-            return await next(ctx)
-
-        return token_bucket_keyed_async
+        return gate_async(self, next)
 
     def __repr__(self) -> str:
-        return f"TokenBucket(rate={self.rate!r}, burst={self.burst}, mode={self.mode!r})"
+        options = self._options
+        return f"TokenBucket(rate={options.rate!r}, burst={options.burst}, mode={options.mode!r})"
