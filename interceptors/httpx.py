@@ -63,14 +63,12 @@ from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
 from resilience.outcome import Outcome
 
-from ._httpx_bodies import _OnceBody
+from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, _OnceBody, replayable
 from ._httpx_core import (
     DEFAULT_FAILURE_STATUSES,
     EXTENSION,
     IDEMPOTENT_METHODS,
     HttpxClassifier,
-    OnceAsyncStream,
-    OnceSyncStream,
     PipelineFactory,
     PolicySet,
     ResilienceExtension,
@@ -78,7 +76,6 @@ from ._httpx_core import (
     Router,
     endpoint_request,
     parse_retry_after,
-    replayable,
 )
 
 __all__ = [

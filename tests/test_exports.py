@@ -59,6 +59,7 @@ def test_core_does_not_import_grpc_or_httpx() -> None:
         "interceptors.grpc",
         "interceptors.grpc_aio",
         "interceptors.grpc_channel",
+        "interceptors.grpc_channel_aio",
         "interceptors.grpc_server",
         "interceptors.httpx",
     ],

@@ -897,7 +897,7 @@ async def test_the_call_is_committed_once_returned(make: Callable[..., Harness],
 
 
 def test_which_bodies_can_be_replayed() -> None:
-    from interceptors._httpx_core import replayable
+    from interceptors._httpx_bodies import replayable
 
     class Pipe(io.RawIOBase):
         def readable(self) -> bool:
