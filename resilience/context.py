@@ -37,6 +37,18 @@ class CallContext:
         clock: the clock of the pipeline that runs the call.
         classifier: what results and errors mean for this call.
         listeners: where policies send their events (empty: no event is built).
+
+    **What rides on it, and why.** The fields above are the call's data: who is called,
+    how (idempotent? committed?), by when, and where each attempt went. Three more things
+    ride along that are not data of the call but of the pipeline that runs it — ``clock``,
+    ``classifier`` and ``listeners`` — because a policy instance may sit in several
+    pipelines (one breaker shared by a sync and an async client, say) and must use the
+    time, the protocol knowledge and the listeners of the pipeline running *this* call;
+    putting them on the context spares every policy a reference to its pipeline and every
+    executor an extra argument on the hot path. ``fn``, ``args`` and ``kwargs`` are the
+    innermost step (the user's function), held here so that :meth:`Pipeline.call` builds
+    no closure per call. Nothing else belongs here: policy state lives in the policies,
+    options in their options objects.
     """
 
     __slots__ = (
