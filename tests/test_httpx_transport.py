@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email.utils import formatdate
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio.from_thread
 import httpx
 import pytest
 import respx
@@ -44,7 +45,8 @@ from resilience.policy import AsyncNext, Policy, SyncNext
 
 from ._http_server import HttpServer, Reply
 
-MODES = ["sync", "async"]
+MODES = ["sync", "async", "trio"]
+T = TypeVar("T")
 
 
 # -- harness -------------------------------------------------------------------------------
@@ -91,16 +93,33 @@ class Harness:
         if inner is None and record:
             inner = self.recording = Recording(httpx.HTTPTransport() if mode == "sync" else httpx.AsyncHTTPTransport())
         self.transport: ResilientTransport | AsyncResilientTransport
+        self._portal: Any = None
         if mode == "sync":
             self.transport = ResilientTransport(inner, **kwargs)
             self.sync_client = httpx.Client(transport=self.transport)
         else:
             self.transport = AsyncResilientTransport(inner, **kwargs)
             self.async_client = httpx.AsyncClient(transport=self.transport)
+            if mode == "trio":
+                # The async client runs in a trio loop of its own thread; the test drives it
+                # from asyncio through a portal.
+                self._portal_cm = anyio.from_thread.start_blocking_portal("trio")
+                self._portal = self._portal_cm.__enter__()
+
+    async def _in_trio(self, fn: Callable[[], Awaitable[T]]) -> T:
+        portal = self._portal
+
+        async def run() -> T:
+            return await fn()
+
+        result: T = await asyncio.to_thread(portal.call, run)
+        return result
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if self.mode == "sync":
             return self.sync_client.request(method, url, **kwargs)
+        if self._portal is not None:
+            return await self._in_trio(lambda: self.async_client.request(method, url, **kwargs))
         return await self.async_client.request(method, url, **kwargs)
 
     async def get(self, url: str, **kwargs: Any) -> httpx.Response:
@@ -111,8 +130,14 @@ class Harness:
         if self.mode == "sync":
             with self.sync_client.stream(method, url, **kwargs) as response:
                 return response.status_code, b"".join(response.iter_bytes())
-        async with self.async_client.stream(method, url, **kwargs) as response:
-            return response.status_code, b"".join([c async for c in response.aiter_bytes()])
+
+        async def read() -> tuple[int, bytes]:
+            async with self.async_client.stream(method, url, **kwargs) as response:
+                return response.status_code, b"".join([c async for c in response.aiter_bytes()])
+
+        if self._portal is not None:
+            return await self._in_trio(read)
+        return await read()
 
     def body(self, chunks: list[bytes]) -> Any:
         """A request body generator of the kind this client takes (it cannot be replayed)."""
@@ -135,6 +160,12 @@ class Harness:
     async def aclose(self) -> None:
         if self.mode == "sync":
             self.sync_client.close()
+        elif self._portal is not None:
+            try:
+                await self._in_trio(self.async_client.aclose)
+            finally:
+                self._portal = None
+                await asyncio.to_thread(self._portal_cm.__exit__, None, None, None)
         else:
             await self.async_client.aclose()
 
@@ -552,9 +583,13 @@ async def test_a_dropped_endpoint_in_use_closes_when_its_response_does(
             discovery.set("orders", [servers[1].address])
             assert response.read() == b"abcdef"
     else:
-        async with client.async_client.stream("GET", "http://orders/") as aresponse:
-            discovery.set("orders", [servers[1].address])
-            assert await aresponse.aread() == b"abcdef"
+
+        async def read() -> None:
+            async with client.async_client.stream("GET", "http://orders/") as aresponse:
+                discovery.set("orders", [servers[1].address])
+                assert await aresponse.aread() == b"abcdef"
+
+        await (client._in_trio(read) if client.mode == "trio" else read())
         await client.get("http://orders/")  # the async transport closes retired pools in its loop
     assert servers[0].wait_connections(0) == 0
 
