@@ -9,7 +9,7 @@ was granted in the same loop turn) and still raises its cancellation, never a re
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._sync_exec import retry_delay, wait_limit
 from .context import CallContext
@@ -17,7 +17,10 @@ from .outcome import Outcome
 from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
 from .policy import AsyncNext
 
-__all__ = ["admit_async", "gate_async"]
+if TYPE_CHECKING:
+    from .policies.retry import Retry, RetryOptions
+
+__all__ = ["admit_async", "gate_async", "retry_async"]
 
 _IGNORED = Outcome.IGNORED
 
@@ -175,3 +178,86 @@ def _gate_async_io(gate: Gate, aacquire: Any, next: AsyncNext) -> AsyncNext:
         return result
 
     return gated_io_async
+
+
+def retry_async(policy: Retry, next: AsyncNext) -> AsyncNext:
+    """The async loop of a :class:`~resilience.Retry` around ``next`` (see :func:`._sync_exec.retry_sync`)."""
+    budget = policy.budget
+    if budget is None:
+
+        async def retry_async(ctx: CallContext) -> Any:
+            options = policy._options
+            ctx.attempt = 1
+            try:
+                result = await next(ctx)
+            except Exception as exc:
+                error: Exception | None = exc
+                result = None
+            else:
+                if options.retry_if_result is None and not ctx.classifier.checks_results:
+                    return result
+                error = None
+            return await _retry_loop_async(policy, next, ctx, options, result, error)
+
+        return retry_async
+
+    tally, stamp = budget.tally, budget.stamp
+
+    async def budgeted_retry_async(ctx: CallContext) -> Any:
+        options = policy._options
+        mark = tally()
+        if mark >= budget.due:
+            stamp(ctx.clock.monotonic(), mark)
+        ctx.attempt = 1
+        try:
+            result = await next(ctx)
+        except Exception as exc:
+            error: Exception | None = exc
+            result = None
+        else:
+            if options.retry_if_result is None and not ctx.classifier.checks_results:
+                return result
+            error = None
+        return await _retry_loop_async(policy, next, ctx, options, result, error)
+
+    budgeted_retry_async.__name__ = "retry_async"
+    return budgeted_retry_async
+
+
+async def _retry_loop_async(
+    policy: Retry, next: AsyncNext, ctx: CallContext, options: RetryOptions, result: Any, error: Exception | None
+) -> Any:
+    """The async twin of :func:`~resilience._sync_exec._retry_loop_sync`."""
+    step, clock = policy._step, ctx.clock
+    attempt, previous = 1, 0.0
+    while True:
+        if error is not None:
+            delay = step(ctx, options, attempt, previous, error)
+            if not isinstance(delay, float):
+                stop = policy._error_to_raise(ctx, delay, error)
+                if stop is not None:
+                    raise stop from error
+                raise error
+        else:
+            if not policy._wants_result_retry(ctx, options, result):
+                return result
+            delay = step(ctx, options, attempt, previous, None)
+            if not isinstance(delay, float):
+                stop = policy._error_to_raise(ctx, delay, None)
+                if stop is not None:
+                    await ctx.classifier.adiscard(result)
+                    raise stop
+                return result
+            await ctx.classifier.adiscard(result)
+        if delay > 0:
+            await clock.asleep(delay)
+        previous = delay
+        attempt += 1
+        ctx.attempt = attempt
+        ctx.pushback = None
+        try:
+            result = await next(ctx)
+        except Exception as exc:
+            error = exc
+        else:
+            error = None

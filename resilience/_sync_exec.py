@@ -8,14 +8,17 @@ raised into the waiting thread, such as ``KeyboardInterrupt`` from a signal hand
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import CallContext
 from .outcome import Outcome
 from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
 from .policy import SyncNext
 
-__all__ = ["gate_sync", "wait_limit"]
+if TYPE_CHECKING:
+    from .policies.retry import Retry, RetryOptions
+
+__all__ = ["gate_sync", "retry_sync", "wait_limit"]
 
 _IGNORED = Outcome.IGNORED
 _MIN_STEP = 0.001
@@ -132,3 +135,95 @@ def gate_sync(gate: Gate, next: SyncNext) -> SyncNext:
 
     gated_sync.__name__ = f"{type(gate).__name__.lower()}_sync"
     return gated_sync
+
+
+def retry_sync(policy: Retry, next: SyncNext) -> SyncNext:
+    """The sync loop of a :class:`~resilience.Retry` around ``next``.
+
+    A first attempt that succeeds costs one read of the options, a count in the budget
+    (a clock reading once in a while, see :meth:`~resilience.RetryBudget.stamp`) and the
+    call; everything after a failure is in :func:`_retry_loop_sync`.
+    """
+    budget = policy.budget
+    if budget is None:
+
+        def retry_sync(ctx: CallContext) -> Any:
+            options = policy._options
+            ctx.attempt = 1
+            try:
+                result = next(ctx)
+            except Exception as exc:
+                error: Exception | None = exc
+                result = None
+            else:
+                if options.retry_if_result is None and not ctx.classifier.checks_results:
+                    return result
+                error = None
+            return _retry_loop_sync(policy, next, ctx, options, result, error)
+
+        return retry_sync
+
+    tally, stamp = budget.tally, budget.stamp
+
+    def budgeted_retry_sync(ctx: CallContext) -> Any:
+        options = policy._options
+        mark = tally()
+        if mark >= budget.due:
+            stamp(ctx.clock.monotonic(), mark)
+        ctx.attempt = 1
+        try:
+            result = next(ctx)
+        except Exception as exc:
+            error: Exception | None = exc
+            result = None
+        else:
+            if options.retry_if_result is None and not ctx.classifier.checks_results:
+                return result
+            error = None
+        return _retry_loop_sync(policy, next, ctx, options, result, error)
+
+    budgeted_retry_sync.__name__ = "retry_sync"
+    return budgeted_retry_sync
+
+
+def _retry_loop_sync(
+    policy: Retry, next: SyncNext, ctx: CallContext, options: RetryOptions, result: Any, error: Exception | None
+) -> Any:
+    """After the first attempt (``result``, or ``error`` when it raised): retry while the policy says so.
+
+    Runs outside the first attempt's ``except`` block, so that a later error does not
+    chain the earlier ones as its context.
+    """
+    step, clock = policy._step, ctx.clock
+    attempt, previous = 1, 0.0
+    while True:
+        if error is not None:
+            delay = step(ctx, options, attempt, previous, error)
+            if not isinstance(delay, float):
+                stop = policy._error_to_raise(ctx, delay, error)
+                if stop is not None:
+                    raise stop from error
+                raise error
+        else:
+            if not policy._wants_result_retry(ctx, options, result):
+                return result
+            delay = step(ctx, options, attempt, previous, None)
+            if not isinstance(delay, float):
+                stop = policy._error_to_raise(ctx, delay, None)
+                if stop is not None:
+                    ctx.classifier.discard(result)
+                    raise stop
+                return result
+            ctx.classifier.discard(result)
+        if delay > 0:
+            clock.sleep(delay)
+        previous = delay
+        attempt += 1
+        ctx.attempt = attempt
+        ctx.pushback = None
+        try:
+            result = next(ctx)
+        except Exception as exc:
+            error = exc
+        else:
+            error = None

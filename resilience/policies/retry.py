@@ -1,22 +1,77 @@
-"""Retry: try a failed call again, after a backoff, within limits."""
+"""Retry: try a failed call again, after a backoff, within limits.
+
+The decision core (:meth:`Retry._step`) is pure: after a failed attempt it returns the
+delay before the next one, or why to stop. The loops that run it — and do the sleeping —
+are the shared executors' (:func:`resilience._sync_exec.retry_sync`,
+:func:`resilience._async_exec.retry_async`).
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from .._validate import ErrorFilter, Seconds, error_predicate, integer, seconds
+from .._async_exec import retry_async
+from .._sync_exec import retry_sync
+from .._validate import ErrorFilter, Seconds, as_seconds, error_predicate, integer, seconds
 from ..context import CallContext
 from ..errors import DeadlineExceededError, RetryBudgetExhaustedError
 from ..events import RetryGaveUp, RetryScheduled, emit
+from ..options import Options, Reconfigurable
 from ..policy import AsyncNext, Policy, SyncNext
 from .backoff import Backoff, ExponentialJitter
 from .budget import RetryBudget
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "RetryOptions"]
 
-_DEFAULT_BUDGET = object()
+_DEFAULT_BUDGET: Any = object()
+_DEFAULT_BACKOFF = ExponentialJitter(0.1, 2.0, 10.0)  # a backoff is a pure curve: one instance serves all
+
+
+def _always(exc: BaseException) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOptions(Options):
+    """When and how a :class:`Retry` tries again.
+
+    Attributes:
+        attempts: attempts in all, including the first, in [1, 100] (default 3).
+        backoff: the delay curve, a :class:`~resilience.Backoff` (default
+            :class:`~resilience.ExponentialJitter` 0.1 s doubling to 10 s).
+        retry_on: exception types, or a predicate, that may be retried (default: all).
+        retry_if_result: a predicate on results that asks for a retry (default: none).
+        max_pushback: the longest delay taken from a server's pushback, seconds >= 0
+            (default 60); a ``timedelta`` is accepted too and stored as seconds.
+        retry_non_idempotent: retry calls marked non-idempotent too (default ``False``).
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: an option has the wrong type.
+    """
+
+    attempts: int = 3
+    backoff: Backoff = _DEFAULT_BACKOFF
+    retry_on: ErrorFilter = Exception
+    retry_if_result: Callable[[Any], bool] | None = None
+    max_pushback: float = 60.0
+    retry_non_idempotent: bool = False
+    retry_predicate: Callable[[BaseException], bool] = field(init=False, default=_always, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.set("attempts", integer("attempts", self.attempts, minimum=1, maximum=100))
+        if self.backoff is None:
+            self.set("backoff", _DEFAULT_BACKOFF)
+        elif not isinstance(self.backoff, Backoff):
+            raise TypeError(f"backoff must be a Backoff (Constant, Exponential, ...), got {self.backoff!r}")
+        self.set("retry_predicate", error_predicate("retry_on", self.retry_on))
+        if self.retry_if_result is not None and not callable(self.retry_if_result):
+            raise TypeError(f"retry_if_result must be a callable or None, got {self.retry_if_result!r}")
+        self.set("max_pushback", seconds("max_pushback", self.max_pushback, allow_zero=True))
+        self.set("retry_non_idempotent", bool(self.retry_non_idempotent))
 
 
 class _GiveUp:
@@ -29,11 +84,14 @@ class _GiveUp:
         self.wanted = wanted
         self.remaining = remaining
 
+    def __repr__(self) -> str:
+        return f"_GiveUp({self.reason!r})"
+
 
 _NOT_RETRYABLE = _GiveUp("not_retryable")
 
 
-class Retry(Policy):
+class Retry(Reconfigurable[RetryOptions], Policy):
     """Tries a failed call again, up to ``attempts`` times in all.
 
     A failed attempt is retried when the call's classifier calls it retryable (by default
@@ -46,86 +104,121 @@ class Retry(Policy):
       the call's deadline. A pushback that does not fit fails the call at once with
       :class:`~resilience.DeadlineExceededError`; a backoff that does not fit ends the
       call with what the last attempt gave;
-    - the ``budget`` has room. When it has none, an error becomes
-      :class:`~resilience.RetryBudgetExhaustedError` and a result is returned as it is.
+    - the ``budget`` has room (:meth:`RetryBudget.acquire`). When it has none, an error
+      becomes :class:`~resilience.RetryBudgetExhaustedError` and a result is returned as
+      it is.
 
     A result is retried when ``retry_if_result`` says so, or when the classifier calls it a
     retryable failure (an HTTP 503, say); a result that is retried is discarded through the
     classifier (a response is closed). When no attempt is left, the last result is
-    returned, or the last error raised.
+    returned, or the last error raised. Every call deposits one request in the budget.
+
+    **Options and reconfigure.** The keywords build a :class:`RetryOptions` (defaults and
+    ranges there); ``options=`` takes one whole. A call reads the options once, when it
+    starts: :meth:`reconfigure` applies to calls that start after it, and calls in flight
+    finish their attempts under the options they started with. There is no state to keep
+    but the budget, which is a shared object and is left as it is (reconfigure it apart).
 
     Args:
-        attempts: attempts in all, including the first, in [1, 100] (default 3).
-        backoff: the delay curve (default :class:`ExponentialJitter` 0.1 s doubling to 10 s).
-        retry_on: exception types, or a predicate, that may be retried (default: all).
-        retry_if_result: a predicate on results that asks for a retry (default: none).
+        attempts, backoff, retry_on, retry_if_result, max_pushback, retry_non_idempotent:
+            see :class:`RetryOptions`.
+        options: the whole options object (instead of the keywords above).
         budget: a shared :class:`RetryBudget`; ``None`` for no budget (default: a budget of
             20% of requests plus 10 retries per second, owned by this policy).
-        max_pushback: the longest delay taken from a server's pushback, in seconds (default 60).
-        retry_non_idempotent: retry calls marked non-idempotent too (default ``False``).
         rng: the random source for jitter (default: a private ``random.Random``).
         name: the policy's name in events (default ``"retry"``).
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: an option, ``budget`` or ``options`` has the wrong type.
     """
 
-    __slots__ = (
-        "_retry_on",
-        "attempts",
-        "backoff",
-        "budget",
-        "max_pushback",
-        "retry_if_result",
-        "retry_non_idempotent",
-        "rng",
-    )
+    __slots__ = ("_options", "budget", "rng")
+
+    options_type = RetryOptions
 
     def __init__(
         self,
         attempts: int = 3,
         *,
+        options: RetryOptions | None = None,
         backoff: Backoff | None = None,
         retry_on: ErrorFilter = Exception,
         retry_if_result: Callable[[Any], bool] | None = None,
-        budget: RetryBudget | object | None = _DEFAULT_BUDGET,
+        budget: RetryBudget | None = _DEFAULT_BUDGET,
         max_pushback: Seconds = 60.0,
         retry_non_idempotent: bool = False,
         rng: random.Random | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.attempts = integer("attempts", attempts, minimum=1, maximum=100)
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise TypeError(f"backoff must be a Backoff (Constant, Exponential, ...), got {backoff!r}")
-        self.backoff: Backoff = backoff if backoff is not None else ExponentialJitter(0.1, 2.0, 10.0)
-        self._retry_on = error_predicate("retry_on", retry_on)
-        if retry_if_result is not None and not callable(retry_if_result):
-            raise TypeError(f"retry_if_result must be a callable or None, got {retry_if_result!r}")
-        self.retry_if_result = retry_if_result
+        if options is None:
+            options = RetryOptions(
+                attempts=attempts,
+                backoff=backoff if backoff is not None else _DEFAULT_BACKOFF,
+                retry_on=retry_on,
+                retry_if_result=retry_if_result,
+                max_pushback=as_seconds(max_pushback),
+                retry_non_idempotent=retry_non_idempotent,
+            )
+        elif not isinstance(options, RetryOptions):
+            raise TypeError(f"options must be RetryOptions, got {options!r}")
+        self._options = options
         if budget is _DEFAULT_BUDGET:
             budget = RetryBudget()
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
         self.budget: RetryBudget | None = budget
-        self.max_pushback = seconds("max_pushback", max_pushback, allow_zero=True)
-        self.retry_non_idempotent = bool(retry_non_idempotent)
         self.rng = rng if rng is not None else random.Random()
+
+    # Read-only views of the options, as before they were split out.
+
+    @property
+    def attempts(self) -> int:
+        """Attempts in all, including the first."""
+        return self._options.attempts
+
+    @property
+    def backoff(self) -> Backoff:
+        """The delay curve."""
+        return self._options.backoff
+
+    @property
+    def retry_if_result(self) -> Callable[[Any], bool] | None:
+        """The predicate on results that asks for a retry, if any."""
+        return self._options.retry_if_result
+
+    @property
+    def max_pushback(self) -> float:
+        """The longest delay taken from a server's pushback, in seconds."""
+        return self._options.max_pushback
+
+    @property
+    def retry_non_idempotent(self) -> bool:
+        """Whether calls marked non-idempotent are retried too."""
+        return self._options.retry_non_idempotent
 
     # -- the decision core, shared by both executors -------------------------------------
 
-    def _wants_result_retry(self, ctx: CallContext, result: object) -> bool:
-        if self.retry_if_result is not None and self.retry_if_result(result):
+    @staticmethod
+    def _wants_result_retry(ctx: CallContext, options: RetryOptions, result: object) -> bool:
+        check = options.retry_if_result
+        if check is not None and check(result):
             return True
         return ctx.classifier.checks_results and ctx.classifier.retryable_result(result)
 
-    def _step(self, ctx: CallContext, attempt: int, previous: float, error: BaseException | None) -> float | _GiveUp:
-        """After a failed attempt: the delay before the next one, or why to stop."""
-        if error is not None and not (ctx.classifier.retryable_error(error) and self._retry_on(error)):
+    def _step(
+        self, ctx: CallContext, options: RetryOptions, attempt: int, previous: float, error: BaseException | None
+    ) -> float | _GiveUp:
+        """After failed attempt ``attempt``: the delay before the next one, or why to stop."""
+        if error is not None and not (ctx.classifier.retryable_error(error) and options.retry_predicate(error)):
             return _NOT_RETRYABLE
         pushback, ctx.pushback = ctx.pushback, None
-        if attempt >= self.attempts:
+        if attempt >= options.attempts:
             step: float | _GiveUp = _GiveUp("attempts")
         elif ctx.committed:
             step = _GiveUp("committed")
-        elif not ctx.idempotent and not self.retry_non_idempotent:
+        elif not ctx.idempotent and not options.retry_non_idempotent:
             step = _GiveUp("non_idempotent")
         elif pushback is not None and pushback < 0:
             step = _GiveUp("pushback")
@@ -133,14 +226,15 @@ class Retry(Policy):
             if pushback is None:
                 pushback = getattr(error, "retry_after", None)
             if pushback is not None:
-                delay = min(float(pushback), self.max_pushback)
+                delay = min(float(pushback), options.max_pushback)
             else:
-                delay = float(self.backoff.delay(attempt, previous, self.rng))
+                delay = float(options.backoff.delay(attempt, previous, self.rng))
             now = ctx.clock.monotonic()
+            budget = self.budget
             if ctx.deadline is not None and now + delay >= ctx.deadline:
                 reason = "deadline_pushback" if pushback is not None else "deadline"
                 step = _GiveUp(reason, delay, ctx.deadline - now)
-            elif self.budget is not None and not self.budget.try_withdraw(now):
+            elif budget is not None and budget.acquire(ctx, now).kind:
                 step = _GiveUp("budget")
             else:
                 step = delay
@@ -170,86 +264,11 @@ class Retry(Policy):
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        step, budget, result_check = self._step, self.budget, self.retry_if_result
-
-        def retry_sync(ctx: CallContext) -> Any:
-            clock = ctx.clock
-            if budget is not None:
-                budget.deposit(clock.monotonic())
-            attempt, previous = 1, 0.0
-            ctx.attempt = 1
-            while True:
-                try:
-                    result = next(ctx)
-                except Exception as exc:
-                    delay = step(ctx, attempt, previous, exc)
-                    if not isinstance(delay, float):
-                        raise_ = self._error_to_raise(ctx, delay, exc)
-                        if raise_ is not None:
-                            raise raise_ from exc
-                        raise
-                else:
-                    if result_check is None and not ctx.classifier.checks_results:
-                        return result
-                    if not self._wants_result_retry(ctx, result):
-                        return result
-                    delay = step(ctx, attempt, previous, None)
-                    if not isinstance(delay, float):
-                        raise_ = self._error_to_raise(ctx, delay, None)
-                        if raise_ is not None:
-                            ctx.classifier.discard(result)
-                            raise raise_
-                        return result
-                    ctx.classifier.discard(result)
-                if delay > 0:
-                    clock.sleep(delay)
-                previous = delay
-                attempt += 1
-                ctx.attempt = attempt
-                ctx.pushback = None
-
-        return retry_sync
+        return retry_sync(self, next)
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        step, budget, result_check = self._step, self.budget, self.retry_if_result
-
-        async def retry_async(ctx: CallContext) -> Any:
-            clock = ctx.clock
-            if budget is not None:
-                budget.deposit(clock.monotonic())
-            attempt, previous = 1, 0.0
-            ctx.attempt = 1
-            while True:
-                try:
-                    result = await next(ctx)
-                except Exception as exc:
-                    delay = step(ctx, attempt, previous, exc)
-                    if not isinstance(delay, float):
-                        raise_ = self._error_to_raise(ctx, delay, exc)
-                        if raise_ is not None:
-                            raise raise_ from exc
-                        raise
-                else:
-                    if result_check is None and not ctx.classifier.checks_results:
-                        return result
-                    if not self._wants_result_retry(ctx, result):
-                        return result
-                    delay = step(ctx, attempt, previous, None)
-                    if not isinstance(delay, float):
-                        raise_ = self._error_to_raise(ctx, delay, None)
-                        if raise_ is not None:
-                            await ctx.classifier.adiscard(result)
-                            raise raise_
-                        return result
-                    await ctx.classifier.adiscard(result)
-                if delay > 0:
-                    await clock.asleep(delay)
-                previous = delay
-                attempt += 1
-                ctx.attempt = attempt
-                ctx.pushback = None
-
-        return retry_async
+        return retry_async(self, next)
 
     def __repr__(self) -> str:
-        return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, budget={self.budget!r})"
+        options = self._options
+        return f"Retry(attempts={options.attempts}, backoff={options.backoff!r}, budget={self.budget!r})"
