@@ -23,7 +23,6 @@ from resilience.discovery.base import Discovery, Endpoint
 from resilience.errors import DeadlineExceededError
 from resilience.pipeline import Pipeline
 
-from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, replayable
 from ._httpx_classify import DEFAULT_FAILURE_STATUSES, HttpxClassifier, parse_retry_after
 from ._httpx_routes import (
     _EXTENSION_KEYS,

@@ -51,6 +51,8 @@ they are, next to httpx's own errors.
 
 from __future__ import annotations
 
+import functools
+import ssl
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
@@ -220,7 +222,7 @@ class ResilientTransport(httpx.BaseTransport):
         if discovery is not None and (endpoint_transport is not None or inner is None):
             self._router.make_resource = endpoint_transport or _default_sync_transport
             self._router.close_resource = _close_sync
-        self._inner = inner if inner is not None else httpx.HTTPTransport()
+        self._inner = inner if inner is not None else httpx.HTTPTransport(verify=_ssl_context())
 
     @property
     def classifier(self) -> HttpxClassifier:
@@ -318,7 +320,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         if discovery is not None and (endpoint_transport is not None or inner is None):
             self._router.make_resource = endpoint_transport or _default_async_transport
             self._router.close_resource = self._retire
-        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(verify=_ssl_context())
 
     def _retire(self, state: EndpointState[Any]) -> None:
         if state.resource is not None:
@@ -386,12 +388,19 @@ class _AsyncExchange(_Exchange):
 # -- per-endpoint transports ---------------------------------------------------------------
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The default TLS context, built once: loading the CA bundle costs 50-185 ms, which must
+    never happen on the request path (an endpoint's transport is made on its first pick)."""
+    return httpx.create_ssl_context()
+
+
 def _default_sync_transport(endpoint: Endpoint) -> httpx.BaseTransport:
-    return httpx.HTTPTransport()
+    return httpx.HTTPTransport(verify=_ssl_context())
 
 
 def _default_async_transport(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
-    return httpx.AsyncHTTPTransport()
+    return httpx.AsyncHTTPTransport(verify=_ssl_context())
 
 
 def _close_sync(state: EndpointState[Any]) -> None:

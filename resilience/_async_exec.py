@@ -8,9 +8,9 @@ was granted in the same loop turn) and still raises its cancellation, never a re
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
+from . import _aio
 from ._sync_exec import retry_delay, wait_limit
 from .context import CallContext
 from .outcome import Outcome
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["admit_async", "gate_async", "retry_async"]
 
 _IGNORED = Outcome.IGNORED
+_SUCCESS = Outcome.SUCCESS
 
 
 async def _release_after_result(gate: Gate, ctx: CallContext, permit: Permit, result: Any, start: float) -> None:
@@ -49,34 +50,16 @@ def _release_after_error(gate: Gate, ctx: CallContext, permit: Permit, exc: Base
 
 
 async def _wait_ticket(ctx: CallContext, ticket: Ticket, limit: float) -> bool:
-    """Wait for a grant, at most ``limit`` seconds: ``True`` when woken, ``False`` when the wait ran out."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[bool] = loop.create_future()
+    """Wait for a grant, at most ``limit`` seconds: ``True`` when woken, ``False`` when the wait ran out.
 
-    def resolve(value: bool) -> None:
-        if not future.done():
-            future.set_result(value)
-
-    def wake() -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            resolve(True)
-        else:
-            loop.call_soon_threadsafe(resolve, True)
-
-    if not ticket.attach(wake):
+    Who holds the place is decided by the policy (``ticket.granted``, under its lock), not
+    by how the wait ended: the caller asks the policy with ``abandon`` afterwards.
+    """
+    waiter = _aio.Waiter.new()
+    if not ticket.attach(waiter.wake):
         return True
-    handle = None
-    if limit != float("inf"):
-        handle = ctx.clock.call_at(ctx.clock.monotonic() + max(0.0, limit), lambda: resolve(False), loop)
-    try:
-        return await future
-    finally:
-        if handle is not None:
-            handle.cancel()
+    deadline = None if limit == float("inf") else ctx.clock.monotonic() + max(0.0, limit)
+    return await waiter.wait(ctx.clock, deadline)
 
 
 async def admit_async(gate: Gate, ctx: CallContext, permit: Permit | Rejection) -> Permit:
@@ -132,12 +115,15 @@ def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
     acquire = gate.acquire
 
     async def gated_async(ctx: CallContext) -> Any:
-        clock = ctx.clock
-        start = clock.monotonic()
+        # A gate that needs no time (``clocked`` false: a free bulkhead slot, a closed
+        # breaker counting consecutive failures) costs no clock reading on success.
+        clocked = gate.clocked
+        start = ctx.clock.monotonic() if clocked else 0.0
         permit = acquire(ctx, start)
         if permit.kind:
             permit = await admit_async(gate, ctx, permit)
-            start = clock.monotonic()
+            start = ctx.clock.monotonic()
+            clocked = True
         try:
             result = await next(ctx)
         except BaseException as exc:
@@ -145,9 +131,11 @@ def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
             raise
         if gate.judges_results or ctx.classifier.checks_results:
             await _release_after_result(gate, ctx, permit, result, start)  # type: ignore[arg-type]
-        else:
-            now = clock.monotonic()
-            release(permit, Outcome.SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        elif clocked:
+            now = ctx.clock.monotonic()
+            release(permit, _SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        elif not gate.quiet_success:
+            release(permit, _SUCCESS, 0.0, 0.0, ctx)  # type: ignore[arg-type]
         return result
 
     gated_async.__name__ = f"{type(gate).__name__.lower()}_async"

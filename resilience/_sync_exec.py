@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["gate_sync", "retry_sync", "wait_limit"]
 
 _IGNORED = Outcome.IGNORED
+_SUCCESS = Outcome.SUCCESS
 _MIN_STEP = 0.001
 """The shortest sleep before asking a gate again, so that a stale window never spins."""
 
@@ -115,12 +116,15 @@ def gate_sync(gate: Gate, next: SyncNext) -> SyncNext:
     acquire, release = gate.acquire, gate.release
 
     def gated_sync(ctx: CallContext) -> Any:
-        clock = ctx.clock
-        start = clock.monotonic()
+        # A gate that needs no time (``clocked`` false: a free bulkhead slot, a closed
+        # breaker counting consecutive failures) costs no clock reading on success.
+        clocked = gate.clocked
+        start = ctx.clock.monotonic() if clocked else 0.0
         permit = acquire(ctx, start)
         if permit.kind:
             permit = admit_sync(gate, ctx, permit)
-            start = clock.monotonic()
+            start = ctx.clock.monotonic()
+            clocked = True
         try:
             result = next(ctx)
         except BaseException as exc:
@@ -128,9 +132,11 @@ def gate_sync(gate: Gate, next: SyncNext) -> SyncNext:
             raise
         if gate.judges_results or ctx.classifier.checks_results:
             _release_after_result(gate, ctx, permit, result, start)  # type: ignore[arg-type]
-        else:
-            now = clock.monotonic()
-            release(permit, Outcome.SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        elif clocked:
+            now = ctx.clock.monotonic()
+            release(permit, _SUCCESS, now - start, now, ctx)  # type: ignore[arg-type]
+        elif not gate.quiet_success:
+            release(permit, _SUCCESS, 0.0, 0.0, ctx)  # type: ignore[arg-type]
         return result
 
     gated_sync.__name__ = f"{type(gate).__name__.lower()}_sync"

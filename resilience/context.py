@@ -51,25 +51,27 @@ class CallContext:
     options in their options objects.
     """
 
-    __slots__ = (
-        "args",
-        "attempt",
-        "classifier",
-        "clock",
-        "committed",
-        "deadline",
-        "endpoint",
-        "fn",
-        "hedge",
-        "idempotent",
-        "kwargs",
-        "listeners",
-        "method",
-        "pushback",
-        "service",
-        "tags",
-        "tried",
-    )
+    # Defaults live on the class: a call stores only what differs from them, so building a
+    # context is a handful of dictionary stores (it happens on every call). A pipeline
+    # keeps a subclass of its own whose class attributes are its service, method, clock,
+    # classifier and listeners (see :meth:`for_pipeline`).
+    service: str = ""
+    method: str = ""
+    attempt: int = 1
+    hedge: int = 0
+    deadline: float | None = None
+    idempotent: bool = True
+    committed: bool = False
+    tags: dict[str, str] | None = None
+    endpoint: str | None = None
+    tried: list[str] | None = None
+    pushback: float | None = None
+    clock: Clock = SYSTEM_CLOCK
+    classifier: Classifier = DEFAULT_CLASSIFIER
+    listeners: tuple[Listener, ...] = ()
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -84,21 +86,36 @@ class CallContext:
     ) -> None:
         self.service = service
         self.method = method
-        self.attempt = 1
-        self.hedge = 0
         self.deadline = deadline
         self.idempotent = idempotent
-        self.committed = False
         self.tags = tags
-        self.endpoint: str | None = None
-        self.tried: list[str] | None = None
-        self.pushback: float | None = None
         self.clock = clock
         self.classifier = classifier
         self.listeners = listeners
-        self.fn: Callable[..., Any] | None = None
-        self.args: tuple[Any, ...] | None = None
-        self.kwargs: dict[str, Any] | None = None
+
+    @classmethod
+    def for_pipeline(
+        cls,
+        service: str,
+        method: str,
+        clock: Clock,
+        classifier: Classifier,
+        listeners: tuple[Listener, ...],
+    ) -> type[CallContext]:
+        """A subclass whose defaults are one pipeline's: its contexts are built with ``__new__``."""
+        return type(
+            "CallContext",
+            (cls,),
+            {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "service": service,
+                "method": method,
+                "clock": clock,
+                "classifier": classifier,
+                "listeners": listeners,
+            },
+        )
 
     def remaining(self) -> float | None:
         """Seconds left until the deadline (may be negative), or ``None`` without one."""
@@ -114,11 +131,12 @@ class CallContext:
 
     def fork(self) -> CallContext:
         """A copy for a parallel attempt (a hedge): same call, its own attempt state."""
-        other = CallContext.__new__(CallContext)
-        for name in CallContext.__slots__:
-            setattr(other, name, getattr(self, name))
-        other.tried = list(self.tried) if self.tried is not None else None
-        other.tags = dict(self.tags) if self.tags is not None else None
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        if self.tried is not None:
+            other.tried = list(self.tried)
+        if self.tags is not None:
+            other.tags = dict(self.tags)
         return other
 
     def tag(self, key: str, default: str | None = None) -> str | None:

@@ -159,11 +159,20 @@ class Gate(Protocol):
       grant (``True``), or says it was granted meanwhile (``False``: it holds a place and
       must be released);
     - ``waiting(ctx, rejection, delay)`` is told before the executor sleeps on a rejection
-      that allows waiting (for an event).
+      that allows waiting (for an event);
+    - ``clocked``: whether ``acquire`` and ``release`` need the time right now. When it
+      is false the executor passes ``now=0.0`` and ``duration=0.0`` on the success path
+      (a failure or an error always gets the real time); a gate whose need changes with
+      its state (a breaker that opens) sets it as it goes, and reads the clock itself if
+      it finds it needs the time after all;
+    - ``quiet_success``: a successful call's release would change nothing (an unclocked
+      gate that keeps no count of calls in flight), so the executor may skip it.
     """
 
     name: str
     judges_results: bool
+    clocked: bool
+    quiet_success: bool
 
     def acquire(self, ctx: CallContext, now: float) -> Permit | Rejection: ...
 
@@ -187,6 +196,8 @@ class GateMixin:
     __slots__ = ()
 
     judges_results: bool = False
+    clocked: bool = True
+    quiet_success: bool = False
 
     def judge_error(self, ctx: CallContext, exc: BaseException) -> Outcome:
         return ctx.classifier.error(exc)

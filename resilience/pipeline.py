@@ -19,11 +19,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_new = object.__new__
+
+
 def _invoke(ctx: CallContext) -> Any:
     args = ctx.args
     if args is None:
         return ctx.fn(ctx)  # type: ignore[misc]
-    return ctx.fn(*args, **ctx.kwargs)  # type: ignore[arg-type, misc]
+    kwargs = ctx.kwargs
+    if kwargs is None:
+        return ctx.fn(*args)  # type: ignore[misc]
+    return ctx.fn(*args, **kwargs)  # type: ignore[misc]
 
 
 class Pipeline:
@@ -52,6 +58,7 @@ class Pipeline:
 
     __slots__ = (
         "_async_chain",
+        "_context_type",
         "_sync_chain",
         "classifier",
         "clock",
@@ -79,6 +86,7 @@ class Pipeline:
         self.classifier = classifier
         self.service = service
         self.method = method
+        self._context_type = CallContext.for_pipeline(service, method, clock, classifier, self.listeners)
         sync_chain: SyncNext = _invoke
         async_chain: AsyncNext = _invoke
         for policy in reversed(policies):
@@ -112,19 +120,21 @@ class Pipeline:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the sync callable ``fn(*args, **kwargs)`` through the policies."""
-        ctx = CallContext(self.service, self.method, None, True, None, self.clock, self.classifier, self.listeners)
+        ctx = _new(self._context_type)
         ctx.fn = fn
         ctx.args = args
-        ctx.kwargs = kwargs
+        if kwargs:
+            ctx.kwargs = kwargs
         result: T = self._sync_chain(ctx)
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the async callable ``await fn(*args, **kwargs)`` through the policies."""
-        ctx = CallContext(self.service, self.method, None, True, None, self.clock, self.classifier, self.listeners)
+        ctx = _new(self._context_type)
         ctx.fn = fn
         ctx.args = args
-        ctx.kwargs = kwargs
+        if kwargs:
+            ctx.kwargs = kwargs
         result: T = await self._async_chain(ctx)
         return result
 

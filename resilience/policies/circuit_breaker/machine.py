@@ -140,8 +140,10 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         "_state",
         "_window",
         "clock",
+        "clocked",
         "judges_results",
         "listeners",
+        "quiet_success",
     )
 
     options_type = CircuitBreakerOptions
@@ -211,6 +213,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         self._probe_permit = CircuitPermit(True)
         self._closed_permit = CircuitPermit(False)
         self._fast_permit = self._closed_permit if self._window is None else _NEVER
+        self.clocked = self._closed_needs_time()
+        self.quiet_success = self._window is None and not self.clocked
         self._shared: SharedCircuitState | None = None
         if shared is not None:
             if not isinstance(shared, SharedCircuitState):
@@ -219,6 +223,11 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
             self._shared = shared
 
     # -- options ---------------------------------------------------------------------------
+
+    def _closed_needs_time(self) -> bool:
+        """Whether a call in the closed state needs the time: a time window, or slow calls."""
+        options = self._options
+        return options.window_duration is not None or options.slow_call_duration is not None
 
     def _reconfigure(self, options: CircuitBreakerOptions) -> None:
         with self._lock:
@@ -233,6 +242,9 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
             self._next_break = min(longest, max(options.break_duration, self._next_break))
             self.judges_results = options.failure_if_result is not None
             self._options = options
+            if self._state is _CLOSED:
+                self.clocked = self._closed_needs_time()
+                self.quiet_success = self._window is None and not self.clocked and not self._failures
 
     @property
     def failure_threshold(self) -> int:
@@ -279,6 +291,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
 
     def _open(self, now: float, reason: str) -> _Change:
         old = self._state
+        self.clocked = True
+        self.quiet_success = False
         self._state = _OPEN
         self._open_until = now + self._next_break
         options = self._options
@@ -296,6 +310,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
     def _close(self, reason: str) -> _Change:
         old = self._state
         self._state = _CLOSED
+        self.clocked = self._closed_needs_time()
+        self.quiet_success = self._window is None and not self.clocked
         self._closed_permit = CircuitPermit(False)
         self._fast_permit = self._closed_permit if self._window is None else _NEVER
         self._failures = 0
@@ -324,6 +340,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         or ``"isolated"``)."""
         if self._state is _CLOSED:
             return self._closed_permit
+        if not now:  # the executor saw the breaker closed: the time is needed after all
+            now = (ctx.clock if ctx is not None else self.clock).monotonic()
         change: _Change | None = None
         retry_after: float | None = None
         with self._lock:
@@ -368,10 +386,12 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
                 if window is None:
                     if failed:
                         self._failures += 1
+                        self.quiet_success = False  # the next success must reset the count
                         if self._failures >= (options.failure_threshold or 1):
                             change = self._open(now, "failure_threshold")
                     else:
                         self._failures = 0
+                        self.quiet_success = not self.clocked
                 else:
                     window.record(failed, slow, now)
                     if failed or slow:
@@ -432,6 +452,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         with self._lock:
             old = self._state
             self._state = _ISOLATED
+            self.clocked = True
+            self.quiet_success = False
         if old is not _ISOLATED:
             self._announce((old, _ISOLATED, "isolate"), None)
 
@@ -469,6 +491,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
                 self._open_until = now + remaining
                 if old is not _OPEN:
                     self._state = _OPEN
+                    self.clocked = True
+                    self.quiet_success = False
                     change = (old, _OPEN, "remote")
             elif state is _CLOSED:
                 if old is _CLOSED:
@@ -478,6 +502,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
                 if old is _ISOLATED:
                     return False
                 self._state = _ISOLATED
+                self.clocked = True
+                self.quiet_success = False
                 change = (old, _ISOLATED, "remote")
             else:
                 return False
