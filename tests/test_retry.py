@@ -276,3 +276,105 @@ def test_cancellation_and_keyboard_interrupt_are_never_retried(clock: FakeClock)
 def test_invalid_retry_options(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         Retry(**kwargs)
+
+
+# -- options and reconfigure ---------------------------------------------------------------
+
+
+def test_options_are_frozen_and_validated() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from resilience.policies.retry import RetryOptions
+
+    options = RetryOptions(attempts=4, max_pushback=timedelta(seconds=2))  # type: ignore[arg-type]
+    assert options.max_pushback == 2.0
+    assert options == RetryOptions(attempts=4, max_pushback=2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.attempts = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"attempts must be in \[1, 100\], got 0"):
+        options.replace(attempts=0)
+    with pytest.raises(TypeError, match="backoff must be a Backoff"):
+        RetryOptions(backoff=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retry_if_result must be a callable or None, got 3"):
+        RetryOptions(retry_if_result=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be RetryOptions, got 3"):
+        Retry(options=3)  # type: ignore[arg-type]
+    policy = Retry(options=options, budget=None)
+    assert policy.options is options
+    assert (policy.attempts, policy.max_pushback, policy.retry_non_idempotent) == (4, 2.0, False)
+
+
+def test_reconfigure_needs_retry_options() -> None:
+    policy = Retry(3)
+    with pytest.raises(TypeError, match=r"Retry\.reconfigure needs RetryOptions, got 5"):
+        policy.reconfigure(5)  # type: ignore[arg-type]
+    assert policy.attempts == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_call_in_flight_finishes_under_the_options_it_started_with(mode: str, clock: FakeClock) -> None:
+    from resilience.policies.retry import RetryOptions
+
+    budget = RetryBudget()
+    policy = Retry(3, backoff=Constant(1), budget=budget)
+    pipeline = Pipeline(policy, clock=clock)
+    seen: list[int] = []
+
+    def fn(ctx: CallContext) -> str:
+        seen.append(ctx.attempt)
+        if ctx.attempt == 1:
+            policy.reconfigure(RetryOptions(attempts=1, backoff=Constant(5)))
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        run_ctx(mode, pipeline, fn, pipeline.context())
+    assert seen == [1, 2, 3]  # three attempts and the old backoff, as when it started
+    assert clock.sleeps == [1.0, 1.0]
+    seen.clear()
+    with pytest.raises(ConnectionError):
+        run_ctx(mode, pipeline, fn, pipeline.context())
+    assert seen == [1]  # a new call: the new options
+    assert policy.budget is budget  # reconfigure leaves the shared budget alone
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_call_deposits_in_the_budget(mode: str, clock: FakeClock) -> None:
+    budget = RetryBudget(ratio=0.5, min_per_second=0, window=10)
+    pipeline = Pipeline(Retry(3, budget=budget), clock=clock)
+    for _ in range(40):
+        assert run(mode, pipeline, Script("ok")) == "ok"
+    assert budget.available(clock.monotonic()) == 20
+    # The deposits carry their time (read for one call in 16): they expire with their
+    # window, but for the few after the last reading.
+    for _ in range(40):
+        assert run(mode, pipeline, Script("ok")) == "ok"
+    clock.advance(10.5)
+    assert budget.available(clock.monotonic()) <= 0.5 * 16
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_last_error_is_raised_without_the_earlier_ones_as_its_context(mode: str, clock: FakeClock) -> None:
+    script = Script(ConnectionError("1"), ConnectionError("2"), ConnectionError("3"))
+    pipeline = Pipeline(Retry(3, backoff=Constant(0), budget=None), clock=clock)
+    with pytest.raises(ConnectionError, match="3") as info:
+        run(mode, pipeline, script)
+    assert info.value.__context__ is None
+    assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_context_reused_for_a_second_call_starts_at_attempt_one(mode: str, clock: FakeClock) -> None:
+    attempts: list[int] = []
+
+    def fn(ctx: CallContext) -> str:
+        attempts.append(ctx.attempt)
+        if len(attempts) == 1:
+            raise ConnectionError("once")
+        return "ok"
+
+    pipeline = Pipeline(Retry(3, backoff=Constant(0), budget=None), clock=clock)
+    ctx = pipeline.context()
+    assert run_ctx(mode, pipeline, fn, ctx) == "ok"
+    assert run_ctx(mode, pipeline, fn, ctx) == "ok"
+    assert attempts == [1, 2, 1]

@@ -19,9 +19,18 @@ from resilience import (
     FakeClock,
     Outcome,
     Pipeline,
+    Rejection,
     ThrottledError,
 )
-from resilience.policies.throttle import AdaptiveThrottle, ThrottleRejected, rejection_probability
+from resilience.policies.throttle import (
+    AdaptiveThrottle,
+    AdaptiveThrottleOptions,
+    ThrottlePermit,
+    ThrottleRejected,
+    rejection_probability,
+)
+
+ACCEPTED = {True: Outcome.SUCCESS, False: Outcome.FAILURE, None: Outcome.IGNORED}
 
 
 class NotFound(Exception):
@@ -63,12 +72,27 @@ def run(mode: str, pipeline: Pipeline, outcome: Any) -> Any:
     return asyncio.run(pipeline.aexecute(afn, pipeline.context()))
 
 
+def admitted(throttle: AdaptiveThrottle, now: float) -> bool:
+    """One request at ``now``; whether it was admitted (its permit is then released as a refusal)."""
+    permit = throttle.acquire(None, now)
+    if isinstance(permit, ThrottlePermit):
+        throttle.release(permit, Outcome.FAILURE, 0.0, now)
+        return True
+    return False
+
+
+def record(throttle: AdaptiveThrottle, permit: object, accepted: bool | None, now: float) -> None:
+    """End the call of ``permit``: accepted (``True``), refused (``False``) or neither (``None``)."""
+    assert isinstance(permit, ThrottlePermit)
+    throttle.release(permit, ACCEPTED[accepted], 0.0, now)
+
+
 def feed(throttle: AdaptiveThrottle, now: float, accepted: int, failed: int) -> None:
     """Count ``accepted + failed`` requests at ``now`` (locally rejected ones count too)."""
     for i in range(accepted + failed):
-        permit = throttle.try_acquire(now)
-        if isinstance(permit, int):
-            throttle.record(permit, i < accepted, now)
+        permit = throttle.acquire(None, now)
+        if isinstance(permit, ThrottlePermit):
+            record(throttle, permit, i < accepted, now)
 
 
 @settings(max_examples=500)
@@ -94,7 +118,7 @@ def test_rejection_rate_over_many_trials_matches_the_formula(accepts: int, expec
         feed(throttle, 0.0, accepts, 100 - accepts)
         assert throttle.counts(0.0) == (100, accepts)
         assert throttle.probability(0.0) == pytest.approx(expected)
-        rejected += not isinstance(throttle.try_acquire(0.0), int)
+        rejected += not admitted(throttle, 0.0)
     sigma = math.sqrt(trials * expected * (1 - expected))
     assert abs(rejected - trials * expected) <= 4 * sigma + 1
 
@@ -112,10 +136,10 @@ def test_decision_is_a_draw_below_p() -> None:
     feed(throttle, 0.0, 30, 70)
     p = 40 / 101
     rng.value = p - 1e-9
-    assert not isinstance(throttle.try_acquire(0.0), int)  # request 101 (counted)
+    assert not admitted(throttle, 0.0)  # request 101 (counted)
     p = 41 / 102
     rng.value = p
-    assert isinstance(throttle.try_acquire(0.0), int)
+    assert admitted(throttle, 0.0)
 
 
 def test_no_draw_and_no_rejection_while_the_backend_accepts(clock: FakeClock) -> None:
@@ -208,10 +232,9 @@ async def test_a_cancelled_call_counts_as_neither(clock: FakeClock) -> None:
 
 def test_a_taken_back_request_outside_the_window_is_not_taken_twice() -> None:
     throttle = AdaptiveThrottle(window=1.0, buckets=4, rng=NeverRejects())
-    permit = throttle.try_acquire(0.0)
-    assert isinstance(permit, int)
+    permit = throttle.acquire(None, 0.0)
     feed(throttle, 1.5, 0, 2)
-    throttle.record(permit, None, 1.5)  # its bucket left the window already
+    record(throttle, permit, None, 1.5)  # its bucket left the window already
     assert throttle.counts(1.5) == (2, 0)
 
 
@@ -231,16 +254,15 @@ def test_counts_match_a_naive_model(ops: list[tuple[int, str]]) -> None:
     for step, kind in ops:
         tick += step
         now = tick * width + width / 2
-        permit = throttle.try_acquire(now)
-        assert isinstance(permit, int)
+        permit = throttle.acquire(None, now)
         log.append((tick, "request"))
         if kind == "accept":
-            throttle.record(permit, True, now)
+            record(throttle, permit, True, now)
             log.append((tick, "accept"))
         elif kind == "fail":
-            throttle.record(permit, False, now)
+            record(throttle, permit, False, now)
         elif kind == "neither":
-            throttle.record(permit, None, now)
+            record(throttle, permit, None, now)
             log.remove((tick, "request"))
         live = [k for t, k in log if tick - t < 4]
         assert throttle.counts(now) == (live.count("request"), live.count("accept"))
@@ -312,3 +334,130 @@ def test_defaults() -> None:
     throttle = AdaptiveThrottle(window=timedelta(seconds=5))
     assert (throttle.k, throttle.window, throttle.buckets) == (2.0, 5.0, 40)
     assert repr(throttle) == "AdaptiveThrottle(k=2.0, window=5.0, buckets=40)"
+
+
+# -- the permit protocol -------------------------------------------------------------------
+
+
+def test_release_reads_the_outcome_the_throttle_way() -> None:
+    throttle = AdaptiveThrottle(rng=NeverRejects())
+    for outcome, counts in [
+        (Outcome.SUCCESS, (1, 1)),  # accepted
+        (Outcome.FAILURE, (2, 1)),  # refused: a request only
+        (Outcome.IGNORED, (2, 1)),  # never reached the backend: the request is taken back
+    ]:
+        permit = throttle.acquire(None, 0.0)
+        assert isinstance(permit, ThrottlePermit)
+        throttle.release(permit, outcome, 0.0, 0.0)
+        assert throttle.counts(0.0) == counts, outcome
+
+
+def test_rejection_carries_the_counts_it_was_made_on() -> None:
+    class Zero(random.Random):
+        def random(self) -> float:
+            return 0.0
+
+    throttle = AdaptiveThrottle(k=2.0, rng=Zero())
+    feed(throttle, 0.0, 0, 1)  # the first request finds empty counts: always admitted
+    rejection = throttle.acquire(None, 0.0)
+    assert isinstance(rejection, Rejection)
+    assert (rejection.reason, rejection.detail, rejection.retry_after) == ("throttled", (0.5, 1, 0), None)
+    error = throttle.rejected(CallContext(), rejection)
+    assert isinstance(error, ThrottledError)
+    assert "p=0.500: 0 of 1 recent requests accepted, k=2" in str(error)
+
+
+def test_one_permit_per_bucket() -> None:
+    throttle = AdaptiveThrottle(window=1.0, buckets=4, rng=NeverRejects())
+    first = throttle.acquire(None, 0.0)
+    assert throttle.acquire(None, 0.2) is first  # same bucket: nothing allocated
+    later = throttle.acquire(None, 0.3)
+    assert isinstance(later, ThrottlePermit)
+    assert later is not first
+    assert (first.tick, later.tick) == (0, 1)  # type: ignore[union-attr]
+
+
+def test_judges_errors_and_results_by_what_reached_the_backend() -> None:
+    throttle = AdaptiveThrottle()
+    ctx = CallContext(classifier=HttpLike())
+    assert throttle.judge_error(ctx, RuntimeError("boom")) is Outcome.FAILURE
+    assert throttle.judge_error(ctx, NotFound()) is Outcome.SUCCESS  # the caller's fault, answered
+    assert throttle.judge_error(ctx, BulkheadFullError("full")) is Outcome.IGNORED  # ours, never sent
+    assert throttle.judge_error(ctx, asyncio.CancelledError()) is Outcome.IGNORED
+    assert throttle.judge_error(ctx, KeyboardInterrupt()) is Outcome.IGNORED
+    assert throttle.judge_result(ctx, 503) is Outcome.FAILURE
+    assert throttle.judge_result(ctx, 200) is Outcome.SUCCESS
+    assert throttle.judge_result(CallContext(), 503) is Outcome.SUCCESS  # a classifier that checks no results
+
+
+class RaisingClassifier(HttpLike):
+    __slots__ = ()
+
+    def error(self, exc: BaseException) -> Outcome:
+        raise LookupError("classifier bug")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_raising_classifier_takes_the_request_back(mode: str, clock: FakeClock) -> None:
+    throttle = AdaptiveThrottle(rng=NeverRejects())
+    pipeline = Pipeline(throttle, clock=clock, classifier=RaisingClassifier())
+    run(mode, pipeline, "ok")
+    with pytest.raises(LookupError, match="classifier bug"):
+        run(mode, pipeline, RuntimeError("boom"))
+    assert throttle.counts(clock.monotonic()) == (1, 1)
+
+
+# -- options and reconfigure ---------------------------------------------------------------
+
+
+def test_options_are_frozen_and_validated() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    options = AdaptiveThrottleOptions(k=1.5, window=timedelta(seconds=2), buckets=8)  # type: ignore[arg-type]
+    assert options == AdaptiveThrottleOptions(1.5, 2.0, 8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.k = 3.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"buckets must be in \[1, 10000\], got 0"):
+        options.replace(buckets=0)
+    with pytest.raises(TypeError, match="options must be AdaptiveThrottleOptions, got 2"):
+        AdaptiveThrottle(options=2)  # type: ignore[arg-type]
+    throttle = AdaptiveThrottle(options=options)
+    assert throttle.options is options
+    assert (throttle.k, throttle.window, throttle.buckets) == (1.5, 2.0, 8)
+
+
+def test_reconfigure_needs_throttle_options() -> None:
+    throttle = AdaptiveThrottle()
+    with pytest.raises(TypeError, match=r"AdaptiveThrottle.reconfigure needs AdaptiveThrottleOptions, got 3.0"):
+        throttle.reconfigure(3.0)  # type: ignore[arg-type]
+    assert throttle.options == AdaptiveThrottleOptions()
+
+
+def test_reconfigure_keeps_the_counts_of_the_same_shape_and_applies_k_at_once() -> None:
+    throttle = AdaptiveThrottle(k=2.0, window=10.0, buckets=40, rng=NeverRejects())
+    feed(throttle, 0.0, 30, 70)
+    assert throttle.probability(0.0) == pytest.approx(40 / 101)
+    in_flight = throttle.acquire(None, 0.0)  # admitted before the change
+    throttle.reconfigure(AdaptiveThrottleOptions(k=1.5, window=10.0, buckets=40))
+    assert throttle.counts(0.0) == (101, 30)
+    assert throttle.probability(0.0) == pytest.approx((101 - 45) / 102)
+    record(throttle, in_flight, True, 0.0)  # same shape: its accept counts
+    assert throttle.counts(0.0) == (101, 31)
+
+
+@pytest.mark.parametrize("change", [{"window": 5.0}, {"buckets": 10}])
+def test_reconfigure_to_another_shape_starts_new_counts(change: dict[str, Any]) -> None:
+    throttle = AdaptiveThrottle(window=10.0, buckets=40, rng=NeverRejects())
+    feed(throttle, 0.0, 30, 70)
+    accepted = throttle.acquire(None, 0.0)
+    taken_back = throttle.acquire(None, 0.0)
+    throttle.reconfigure(throttle.options.replace(**change))
+    assert throttle.counts(0.0) == (0, 0)
+    feed(throttle, 0.0, 1, 1)
+    # Calls admitted under the old counts count for nothing in the new ones.
+    record(throttle, accepted, True, 0.0)
+    record(throttle, taken_back, None, 0.0)
+    assert throttle.counts(0.0) == (2, 1)
+    assert throttle.buckets == throttle.options.buckets
+    assert throttle.counts(throttle.window) == (0, 0)  # the new window expires them

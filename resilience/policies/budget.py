@@ -82,9 +82,10 @@ class RetryBudget(GateMixin, Reconfigurable[RetryBudgetOptions]):
     :meth:`deposit` files the request in the bucket of its ``now``. The retry executors
     count theirs without a clock reading (:attr:`tally`) and read the clock for one
     request in 16 (:meth:`stamp`): the requests before such a reading are filed in their
-    own bucket, those after it (at most 16, a few more with threads racing) may be filed
-    in the next one and then expire a little later. Withdrawals are counted exactly,
-    under the lock.
+    own bucket; the few after the last one (fewer than 16, a few more with threads
+    racing) are filed at the next reading, in its bucket, and so may count for a while
+    after their own window (a quiet client's next reading may come late). Withdrawals
+    are counted exactly, under the lock, and file every request counted before them.
 
     **Options and reconfigure.** The arguments build a :class:`RetryBudgetOptions`
     (defaults and ranges there); ``options=`` takes one whole. :meth:`reconfigure` keeps

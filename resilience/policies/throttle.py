@@ -15,19 +15,34 @@ through about twice what the backend accepts.
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-from .._validate import Seconds, integer, number, seconds
+from .._async_exec import gate_async
+from .._sync_exec import gate_sync
+from .._validate import Seconds, as_seconds, integer, number, seconds
 from ..context import CallContext
 from ..errors import RejectedError, ThrottledError
 from ..events import Event, emit
+from ..options import Options, Reconfigurable
 from ..outcome import Outcome
+from ..permit import GateMixin, Permit, Rejection
 from ..policy import AsyncNext, Policy, SyncNext
 
-__all__ = ["AdaptiveThrottle", "ThrottleRejected", "rejection_probability"]
+__all__ = [
+    "AdaptiveThrottle",
+    "AdaptiveThrottleOptions",
+    "ThrottlePermit",
+    "ThrottleRejected",
+    "rejection_probability",
+]
+
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
+_IGNORED = Outcome.IGNORED
 
 
 def rejection_probability(requests: float, accepts: float, k: float) -> float:
@@ -48,18 +63,49 @@ class ThrottleRejected(Event):
     accepts: int
 
 
-class _Rejected:
-    """What :meth:`AdaptiveThrottle.try_acquire` returns for a locally rejected call."""
+@dataclass(frozen=True, slots=True)
+class AdaptiveThrottleOptions(Options):
+    """How an :class:`AdaptiveThrottle` sheds load.
 
-    __slots__ = ("accepts", "probability", "requests")
+    Attributes:
+        k: the multiplier on accepts, >= 1 (default 2.0). Lower sheds sooner.
+        window: the span of the counts in seconds, > 0 (default 10); a ``timedelta`` is
+            accepted too and stored as seconds.
+        buckets: how many buckets the window is cut into, in [1, 10_000] (default 40).
 
-    def __init__(self, probability: float, requests: int, accepts: int) -> None:
-        self.probability = probability
-        self.requests = requests
-        self.accepts = accepts
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: an option has the wrong type.
+    """
+
+    k: float = 2.0
+    window: float = 10.0
+    buckets: int = 40
+
+    def __post_init__(self) -> None:
+        self.set("k", number("k", self.k, low=1.0))
+        self.set("window", seconds("window", self.window))
+        self.set("buckets", integer("buckets", self.buckets, minimum=1, maximum=10_000))
 
 
-class AdaptiveThrottle(Policy):
+class ThrottlePermit(Permit):
+    """A call admitted by :meth:`AdaptiveThrottle.acquire`: the bucket its request is counted in.
+
+    Permits are shared by the calls of one bucket (they carry nothing else), so admitting
+    a call allocates nothing but once per bucket.
+    """
+
+    __slots__ = ("generation", "tick")
+
+    def __init__(self, tick: int, generation: int) -> None:
+        self.tick = tick
+        self.generation = generation
+
+    def __repr__(self) -> str:
+        return f"ThrottlePermit(tick={self.tick})"
+
+
+class AdaptiveThrottle(GateMixin, Reconfigurable[AdaptiveThrottleOptions], Policy):
     """Client-side adaptive throttling (Google SRE): sheds calls a failing backend would refuse.
 
     Counts are kept in ``buckets`` time buckets covering ``window`` seconds (memory is
@@ -75,186 +121,247 @@ class AdaptiveThrottle(Policy):
     :class:`~resilience.RejectedError`, so outer policies do not count it against the
     backend), and a :class:`ThrottleRejected` event goes to the listeners.
 
+    **Permit protocol.** :meth:`acquire` counts the request and decides: a
+    :class:`ThrottlePermit`, or ``Rejection("throttled")`` whose ``detail`` is
+    ``(p, requests, accepts)``. :meth:`release` reads the outcome the throttle's way, which
+    is what :meth:`judge_error` and :meth:`judge_result` give: ``SUCCESS`` is an accept
+    (a caller's-fault error the backend answered is judged ``SUCCESS``), ``FAILURE`` a
+    refusal (a request only), ``IGNORED`` takes the request back (our own rejections,
+    cancellations, a classifier that raised). An accept is counted without the lock while
+    its bucket is the current one.
+
+    **Options and reconfigure.** The keywords build an :class:`AdaptiveThrottleOptions`
+    (defaults and ranges there); ``options=`` takes one whole. :meth:`reconfigure` keeps
+    the counts when ``window`` and ``buckets`` are unchanged (a new ``k`` applies to them
+    at once); a new ``window`` or ``buckets`` starts new, empty counts, and the calls
+    admitted before it then count for nothing when they end.
+
     Args:
-        k: the multiplier on accepts, >= 1 (default 2.0). Lower sheds sooner.
-        window: the span of the counts in seconds, > 0 (default 10).
-        buckets: how many buckets the window is cut into, in [1, 10_000] (default 40).
+        k, window, buckets: see :class:`AdaptiveThrottleOptions`.
+        options: the whole options object (instead of the three above).
         rng: the random source for the rejection draws (default: a private ``random.Random``).
         name: the policy's name in events (default ``"adaptivethrottle"``).
     """
 
     __slots__ = (
+        "_accept",
         "_accepts",
+        "_accepts_seen",
         "_accepts_total",
+        "_generation",
+        "_live_end",
         "_lock",
+        "_n",
+        "_options",
+        "_permit",
         "_requests",
         "_requests_total",
         "_tick",
         "_width",
-        "buckets",
-        "k",
         "rng",
-        "window",
     )
+
+    options_type = AdaptiveThrottleOptions
 
     def __init__(
         self,
         k: float = 2.0,
         *,
+        options: AdaptiveThrottleOptions | None = None,
         window: Seconds = 10.0,
         buckets: int = 40,
         rng: random.Random | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.k = number("k", k, low=1.0)
-        self.window = seconds("window", window)
-        self.buckets = integer("buckets", buckets, minimum=1, maximum=10_000)
+        if options is None:
+            options = AdaptiveThrottleOptions(k=k, window=as_seconds(window), buckets=buckets)
+        elif not isinstance(options, AdaptiveThrottleOptions):
+            raise TypeError(f"options must be AdaptiveThrottleOptions, got {options!r}")
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
         self.rng = rng if rng is not None else random.Random()
-        self._width = self.window / self.buckets
+        self._options = options
         self._lock = threading.Lock()
-        self._requests = [0] * self.buckets
-        self._accepts = [0] * self.buckets
+        # Accepts of the current bucket are counted without the lock (an itertools.count
+        # step is atomic) and filed under the lock when the bucket moves or counts are read.
+        self._accept = itertools.count().__next__
+        self._generation = 0
+        self._start_counts(options)
+
+    def _start_counts(self, options: AdaptiveThrottleOptions) -> None:
+        """Empty counts of ``options``' shape; the lock is held (or nobody else has the policy)."""
+        self._n = options.buckets
+        self._width = options.window / options.buckets
+        self._requests = [0] * options.buckets
+        self._accepts = [0] * options.buckets
         self._requests_total = 0
         self._accepts_total = 0
+        self._accepts_seen = self._accept() + 1
         self._tick = -(1 << 62)
+        self._live_end = -math.inf
+        self._generation += 1
+        self._permit = ThrottlePermit(self._tick, self._generation)
 
-    # -- the decision core ---------------------------------------------------------------
+    # -- options ---------------------------------------------------------------------------
+
+    def _reconfigure(self, options: AdaptiveThrottleOptions) -> None:
+        with self._lock:
+            old = self._options
+            if (options.window, options.buckets) != (old.window, old.buckets):
+                self._start_counts(options)
+            self._options = options
+
+    @property
+    def k(self) -> float:
+        """The multiplier on accepts."""
+        return self._options.k
+
+    @property
+    def window(self) -> float:
+        """The span of the counts, in seconds."""
+        return self._options.window
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets the window is cut into."""
+        return self._options.buckets
+
+    # -- the counts (the lock is held) ------------------------------------------------------
+
+    def _file_accepts(self) -> int:
+        """Move the accepts counted without the lock into the current bucket; how many."""
+        mark = self._accept()
+        pending = mark - self._accepts_seen
+        self._accepts_seen = mark + 1
+        if pending:
+            self._accepts[self._tick % self._n] += pending
+            self._accepts_total += pending
+        return pending
 
     def _advance(self, tick: int) -> int:
-        """Move the window to ``tick``, clearing buckets that fell out; the current tick. Lock held."""
+        """Move the window to ``tick``, clearing buckets that fell out; the current tick."""
         last = self._tick
         if tick <= last:
             return last  # a late caller with an older ``now`` counts in the current bucket
-        n = self.buckets
+        self._file_accepts()
+        requests, accepts, n = self._requests, self._accepts, self._n
         if tick - last >= n:
             for i in range(n):
-                self._requests[i] = self._accepts[i] = 0
+                requests[i] = accepts[i] = 0
             self._requests_total = self._accepts_total = 0
         else:
-            requests, accepts = self._requests, self._accepts
             for t in range(last + 1, tick + 1):
                 slot = t % n
                 self._requests_total -= requests[slot]
                 self._accepts_total -= accepts[slot]
                 requests[slot] = accepts[slot] = 0
         self._tick = tick
+        self._live_end = (tick + 1) * self._width
         return tick
 
-    def try_acquire(self, now: float) -> int | _Rejected:
-        """Count a request at ``now`` and decide: a permit (an ``int``) to pass back to
-        :meth:`record`, or a rejection (not an ``int``)."""
+    # -- the permit protocol ----------------------------------------------------------------
+
+    def acquire(self, ctx: CallContext | None, now: float) -> ThrottlePermit | Rejection:
+        """Count a request at ``now`` and decide: a permit, or ``Rejection("throttled")``."""
+        k = self._options.k
         tick = int(now // self._width)
         with self._lock:
             if tick != self._tick:
                 tick = self._advance(tick)
             requests, accepts = self._requests_total, self._accepts_total
-            self._requests[tick % self.buckets] += 1
+            self._requests[tick % self._n] += 1
             self._requests_total = requests + 1
-            excess = requests - self.k * accepts
-            if excess > 0.0:
-                p = excess / (requests + 1.0)
-                if self.rng.random() < p:
-                    return _Rejected(p, requests, accepts)
-        return tick
+            if requests > k * accepts:
+                # Only now do the accepts counted without the lock matter.
+                accepts += self._file_accepts()
+                excess = requests - k * accepts
+                if excess > 0.0:
+                    p = excess / (requests + 1.0)
+                    if self.rng.random() < p:
+                        return Rejection("throttled", detail=(p, requests, accepts))
+            permit = self._permit
+            if permit.tick != tick:
+                permit = self._permit = ThrottlePermit(tick, self._generation)
+        return permit
 
-    def record(self, permit: int, accepted: bool | None, now: float) -> None:
-        """Record how the call of ``permit`` ended: accepted by the backend (``True``),
-        refused or failed (``False``), or neither (``None``: its request is taken back)."""
-        if accepted is False:
+    def release(
+        self, permit: Permit, outcome: Outcome, duration: float, now: float, ctx: CallContext | None = None
+    ) -> None:
+        """The call of ``permit`` ended at ``now``: ``SUCCESS`` an accept, ``FAILURE`` a refusal,
+        ``IGNORED`` neither (its request is taken back)."""
+        if outcome is _FAILURE:
+            return
+        if permit.generation != self._generation:  # type: ignore[attr-defined]
+            return  # admitted under counts of another shape
+        if outcome is _SUCCESS and now < self._live_end:
+            self._accept()
             return
         tick = int(now // self._width)
         with self._lock:
+            if permit.generation != self._generation:  # type: ignore[attr-defined]
+                return
             if tick != self._tick:
                 tick = self._advance(tick)
-            if accepted:
-                self._accepts[tick % self.buckets] += 1
+            n = self._n
+            if outcome is _SUCCESS:
+                self._accepts[tick % n] += 1
                 self._accepts_total += 1
-            elif tick - permit < self.buckets:  # the request is still in the window
-                self._requests[permit % self.buckets] -= 1
+            elif tick - permit.tick < n:  # type: ignore[attr-defined]  # the request is still in the window
+                self._requests[permit.tick % n] -= 1  # type: ignore[attr-defined]
                 self._requests_total -= 1
+
+    def rejected(self, ctx: CallContext, rejection: Rejection) -> ThrottledError:
+        """The error for a call rejected locally (and its :class:`ThrottleRejected` event)."""
+        p, requests, accepts = rejection.detail
+        if ctx is not None and ctx.listeners:
+            emit(ctx.listeners, ThrottleRejected(self.name, ctx, p, requests, accepts))
+        return ThrottledError(
+            f"{self.name}: throttled locally (p={p:.3f}: {accepts} of "
+            f"{requests} recent requests accepted, k={self._options.k:g})",
+            context=ctx,
+        )
+
+    def judge_error(self, ctx: CallContext, exc: BaseException) -> Outcome:
+        """``SUCCESS`` when the backend accepted the call (it answered, even a caller's-fault
+        error), ``FAILURE`` when it refused it, ``IGNORED`` when it never saw it (our own
+        rejection, a cancellation)."""
+        outcome = ctx.classifier.error(exc)
+        if outcome is not _IGNORED:
+            return outcome
+        if isinstance(exc, RejectedError) or not isinstance(exc, Exception):
+            return _IGNORED
+        return _SUCCESS
+
+    def judge_result(self, ctx: CallContext, result: object) -> Outcome:
+        """A returned value was accepted unless the classifier calls it a failure."""
+        classifier = ctx.classifier
+        if classifier.checks_results and classifier.result(result) is _FAILURE:
+            return _FAILURE
+        return _SUCCESS
+
+    # -- reading the counts -----------------------------------------------------------------
 
     def counts(self, now: float) -> tuple[int, int]:
         """``(requests, accepts)`` in the window at ``now``."""
         with self._lock:
             self._advance(int(now // self._width))
+            self._file_accepts()
             return self._requests_total, self._accepts_total
 
     def probability(self, now: float) -> float:
         """The probability that a call at ``now`` is rejected locally."""
         requests, accepts = self.counts(now)
-        return rejection_probability(requests, accepts, self.k)
-
-    @staticmethod
-    def _accepted_error(ctx: CallContext, exc: BaseException) -> bool | None:
-        outcome = ctx.classifier.error(exc)
-        if outcome is Outcome.FAILURE:
-            return False
-        if outcome is Outcome.SUCCESS:
-            return True
-        # IGNORED: our own rejection or a cancellation never reached the backend (as far as
-        # we know); anything else is the caller's fault, which the backend did accept.
-        if isinstance(exc, RejectedError) or not isinstance(exc, Exception):
-            return None
-        return True
-
-    @staticmethod
-    def _accepted_result(ctx: CallContext, result: object) -> bool:
-        return not ctx.classifier.checks_results or ctx.classifier.result(result) is not Outcome.FAILURE
-
-    def _rejected(self, ctx: CallContext, rejected: _Rejected) -> ThrottledError:
-        if ctx.listeners:
-            emit(
-                ctx.listeners,
-                ThrottleRejected(self.name, ctx, rejected.probability, rejected.requests, rejected.accepts),
-            )
-        return ThrottledError(
-            f"{self.name}: throttled locally (p={rejected.probability:.3f}: {rejected.accepts} of "
-            f"{rejected.requests} recent requests accepted, k={self.k:g})",
-            context=ctx,
-        )
+        return rejection_probability(requests, accepts, self._options.k)
 
     # -- executors ------------------------------------------------------------------------
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        acquire, record = self.try_acquire, self.record
-
-        def throttle_sync(ctx: CallContext) -> Any:
-            clock = ctx.clock
-            permit = acquire(clock.monotonic())
-            if type(permit) is not int:
-                assert isinstance(permit, _Rejected)
-                raise self._rejected(ctx, permit)
-            try:
-                result = next(ctx)
-            except BaseException as exc:
-                record(permit, self._accepted_error(ctx, exc), clock.monotonic())
-                raise
-            record(permit, self._accepted_result(ctx, result), clock.monotonic())
-            return result
-
-        return throttle_sync
+        return gate_sync(self, next)
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        acquire, record = self.try_acquire, self.record
-
-        async def throttle_async(ctx: CallContext) -> Any:
-            clock = ctx.clock
-            permit = acquire(clock.monotonic())
-            if type(permit) is not int:
-                assert isinstance(permit, _Rejected)
-                raise self._rejected(ctx, permit)
-            try:
-                result = await next(ctx)
-            except BaseException as exc:
-                record(permit, self._accepted_error(ctx, exc), clock.monotonic())
-                raise
-            record(permit, self._accepted_result(ctx, result), clock.monotonic())
-            return result
-
-        return throttle_async
+        return gate_async(self, next)
 
     def __repr__(self) -> str:
-        return f"AdaptiveThrottle(k={self.k!r}, window={self.window!r}, buckets={self.buckets})"
+        o = self._options
+        return f"AdaptiveThrottle(k={o.k!r}, window={o.window!r}, buckets={o.buckets})"
