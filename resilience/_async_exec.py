@@ -175,7 +175,8 @@ def retry_async(policy: Retry, next: AsyncNext) -> AsyncNext:
 
         async def retry_async(ctx: CallContext) -> Any:
             options = policy._options
-            ctx.attempt = 1
+            if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
+                ctx.attempt = 1
             try:
                 result = await next(ctx)
             except Exception as exc:
@@ -196,7 +197,8 @@ def retry_async(policy: Retry, next: AsyncNext) -> AsyncNext:
         mark = tally()
         if mark >= budget.due:
             stamp(ctx.clock.monotonic(), mark)
-        ctx.attempt = 1
+        if ctx.attempt != 1:
+            ctx.attempt = 1
         try:
             result = await next(ctx)
         except Exception as exc:

@@ -155,7 +155,8 @@ def retry_sync(policy: Retry, next: SyncNext) -> SyncNext:
 
         def retry_sync(ctx: CallContext) -> Any:
             options = policy._options
-            ctx.attempt = 1
+            if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
+                ctx.attempt = 1
             try:
                 result = next(ctx)
             except Exception as exc:
@@ -176,7 +177,8 @@ def retry_sync(policy: Retry, next: SyncNext) -> SyncNext:
         mark = tally()
         if mark >= budget.due:
             stamp(ctx.clock.monotonic(), mark)
-        ctx.attempt = 1
+        if ctx.attempt != 1:
+            ctx.attempt = 1
         try:
             result = next(ctx)
         except Exception as exc:

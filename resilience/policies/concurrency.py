@@ -353,7 +353,7 @@ class ConcurrencyLimit(GateMixin, Reconfigurable[ConcurrencyLimitOptions], Polic
         name: the policy's name in events (default ``"concurrencylimit"``).
     """
 
-    __slots__ = ("_inflight", "_lock", "_options", "_state", "listeners")
+    __slots__ = ("_inflight", "_lock", "_options", "_state", "clocked", "listeners")
 
     options_type = ConcurrencyLimitOptions
 
@@ -375,6 +375,8 @@ class ConcurrencyLimit(GateMixin, Reconfigurable[ConcurrencyLimitOptions], Polic
         self._lock = threading.Lock()
         self._state = options.algorithm.start()
         self._inflight = 0
+        # A fixed limit needs no durations: the executor skips the clock on success.
+        self.clocked = not isinstance(options.algorithm, FixedLimit)
 
     @property
     def algorithm(self) -> LimitAlgorithm:
@@ -410,6 +412,7 @@ class ConcurrencyLimit(GateMixin, Reconfigurable[ConcurrencyLimitOptions], Polic
                 state.limit = limit
                 state.estimate = max(float(new.min_limit), min(float(new.max_limit), state.estimate))
             self._options = options
+            self.clocked = not isinstance(new, FixedLimit)
         if limit != old_limit and self.listeners:
             emit(self.listeners, LimitChanged(self.name, None, old_limit, limit))
 
