@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import anyio
+import anyio.lowlevel
 import pytest
+import sniffio
 
 from resilience import (
     CallContext,
@@ -136,6 +140,130 @@ async def test_async_timeout_on_the_real_clock_cancels_real_work() -> None:
     with pytest.raises(DeadlineExceededError):
         await Pipeline(Timeout(0.05)).acall(slow)
     assert loop.time() - start < 2.5
+
+
+# -- the async Timeout on asyncio and on trio --------------------------------------------------------
+# Plain functions that start the library themselves: pytest-asyncio's auto mode would run every
+# ``async def`` test on asyncio, whatever its backend parameter says.
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_on(backend: str, body: Callable[[], Awaitable[None]]) -> None:
+    async def checked() -> None:
+        assert sniffio.current_async_library() == backend
+        await body()
+
+    anyio.run(checked, backend=backend)
+
+
+def test_timeout_expires_on_the_fake_clock_under_either_library(anyio_backend: str) -> None:
+    clock = FakeClock()
+    events: list[Event] = []
+    cancelled: list[float] = []
+
+    async def slow() -> str:
+        try:
+            await clock.asleep(60)
+        except BaseException:
+            cancelled.append(clock.monotonic())
+            raise
+        return "late"
+
+    async def body() -> None:
+        pipeline = Pipeline(Timeout(2.5), clock=clock, listeners=[events.append])
+        with pytest.raises(DeadlineExceededError, match=r"exceeded its 2\.5s timeout") as info:
+            await pipeline.acall(slow)
+        assert info.value.timeout == 2.5
+
+    run_on(anyio_backend, body)
+    assert cancelled == [2.5]
+    assert clock.monotonic() == 2.5
+    assert [type(e) for e in events] == [TimeoutExpired]
+
+
+def test_timeout_expires_on_the_real_clock_under_either_library(anyio_backend: str) -> None:
+    async def slow() -> str:
+        await anyio.sleep(30)
+        return "late"
+
+    async def body() -> None:
+        with pytest.raises(DeadlineExceededError):
+            await Pipeline(Timeout(0.02)).acall(slow)
+
+    run_on(anyio_backend, body)
+
+
+def test_timeout_lets_work_that_ends_in_time_return_under_either_library(anyio_backend: str) -> None:
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    async def quick(ctx: CallContext) -> str:
+        seen.append(ctx.remaining())
+        await clock.asleep(1)
+        return "done"
+
+    async def body() -> None:
+        pipeline = Pipeline(Timeout(3), clock=clock)
+        ctx = pipeline.context()
+        assert await pipeline.aexecute(quick, ctx) == "done"
+        assert ctx.deadline is None
+        await anyio.sleep(0.01)  # the cancelled timer must not move time once we idle
+
+    run_on(anyio_backend, body)
+    assert seen == [3.0]
+    assert clock.monotonic() == 1.0
+
+
+def test_timeout_never_swallows_an_outer_cancellation_under_either_library(anyio_backend: str) -> None:
+    clock = FakeClock()
+    reached: list[str] = []
+
+    async def forever() -> None:
+        reached.append("started")
+        await anyio.sleep_forever()
+
+    async def body() -> None:
+        with anyio.CancelScope() as outer:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(Pipeline(Timeout(100), clock=clock).acall, forever)
+                while not reached:
+                    await anyio.lowlevel.checkpoint()
+                outer.cancel()
+        assert outer.cancelled_caught
+        reached.append("outer caught it")
+
+    run_on(anyio_backend, body)
+    assert reached == ["started", "outer caught it"]
+
+
+def test_outer_cancellation_wins_over_a_timeout_that_fired_too(anyio_backend: str) -> None:
+    clock = FakeClock()
+
+    async def slow() -> None:
+        await clock.asleep(60)
+
+    async def body() -> None:
+        with anyio.CancelScope() as outer:
+            # The timer fires, and then the outer scope is cancelled before the work sees it.
+            clock.call_at(1.0, outer.cancel)
+            await Pipeline(Timeout(1), clock=clock).acall(slow)
+        assert outer.cancelled_caught
+
+    run_on(anyio_backend, body)
+
+
+def test_async_timeout_outside_any_async_library_says_so() -> None:
+    async def work() -> None:
+        return None
+
+    coro = Pipeline(Timeout(1)).acall(work)
+    with pytest.raises(RuntimeError, match="no running asyncio event loop or trio run"):
+        coro.send(None)
+    coro.close()
 
 
 @pytest.mark.parametrize(

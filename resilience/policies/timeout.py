@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from asyncio import get_running_loop
+from asyncio.events import _get_running_loop
 from typing import Any
 
-from .. import _validate
+from .. import _aio, _validate
 from .._validate import Seconds
 from ..context import CallContext
 from ..errors import DeadlineExceededError
@@ -37,8 +37,9 @@ class Timeout(Policy):
     deadline that is already there), which the retry policy respects and adapters hand to
     the transport as its timeout.
 
-    **Async**: the awaited work is cancelled at the deadline and the call raises
-    :class:`~resilience.DeadlineExceededError`.
+    **Async** (asyncio or trio): the awaited work is cancelled at the deadline and the call
+    raises :class:`~resilience.DeadlineExceededError`; a cancellation from outside is never
+    taken for a timeout and propagates as it came.
 
     **Sync**: a blocking call cannot be interrupted safely from Python, so nothing is
     cancelled. The deadline travels in the context for the adapter to give to the
@@ -107,7 +108,14 @@ class Timeout(Policy):
             if not own:
                 deadline = outer  # type: ignore[assignment]
             ctx.deadline = deadline
-            loop = get_running_loop()
+            loop = _get_running_loop()
+            if loop is None:  # not asyncio: trio, through the shim's cancel scope
+                try:
+                    with _aio.deadline_scope(clock, deadline):
+                        return await next(ctx)
+                    raise self._expired(ctx, own)  # the scope absorbed its own cancellation
+                finally:
+                    ctx.deadline = outer
             task: asyncio.Task[Any] | None = _task_of(loop)
             if task is None:
                 raise RuntimeError("an async Timeout must run inside an asyncio task")
