@@ -92,6 +92,8 @@ class Bulkhead(GateMixin, Reconfigurable[BulkheadOptions], Policy):
     __slots__ = ("_capacity", "_excess", "_lock", "_options", "_slots", "_waiters")
 
     options_type = BulkheadOptions
+    clocked = False  # neither taking nor freeing a slot needs the time
+    quiet_success = False  # but every release frees a slot
 
     def __init__(
         self,

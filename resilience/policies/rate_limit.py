@@ -252,6 +252,10 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
     )
 
     options_type = RateLimitOptions
+    # Only a failed storage needs the monotonic time (when to ask it again), which acquire
+    # then reads itself; a release changes nothing.
+    clocked = False
+    quiet_success = True
 
     def __init__(
         self,
@@ -420,6 +424,8 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
         """Admit the call (fail open) or reject it (fail closed). ``exc`` is ``None`` when
         the storage was skipped because it failed recently."""
         if exc is not None:
+            if not now:
+                now = ctx.clock.monotonic()
             with self._lock:
                 first = not self._down_until
                 self._down_until = now + options.storage_recheck
@@ -449,11 +455,15 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
     # -- the permit protocol: storage access is the only part that differs between sync and async
 
     def acquire(self, ctx: CallContext, now: float) -> Permit | Rejection:
-        """Take a permit from the sync storage (or the memory storage, for any caller)."""
+        """Take a permit from the sync storage (or the memory storage, for any caller).
+
+        ``now`` of ``0.0`` means "read ``ctx.clock`` if the time is needed" (the executors
+        pass no time to an unclocked gate).
+        """
         options, item, limiter, _ = self._active
         keyfn = options.keyfn
         key = keyfn(ctx) if keyfn is not None else ""
-        if self._down_until and now < self._down_until:
+        if self._down_until and (now or ctx.clock.monotonic()) < self._down_until:
             return self._storage_failed(ctx, options, key, None, now)
         name, strategy = self.name, options.strategy
         try:
@@ -476,7 +486,7 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
             )
         keyfn = options.keyfn
         key = keyfn(ctx) if keyfn is not None else ""
-        if self._down_until and now < self._down_until:
+        if self._down_until and (now or ctx.clock.monotonic()) < self._down_until:
             return self._storage_failed(ctx, options, key, None, now)
         name, strategy = self.name, options.strategy
         try:

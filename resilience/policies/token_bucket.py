@@ -310,6 +310,11 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
     )
 
     options_type = TokenBucketOptions
+    # The executors need not read the clock for this gate: acquire reads it itself, and a
+    # release only matters for a reservation whose call never ran (after a wait, when the
+    # executors pass the time anyway).
+    clocked = False
+    quiet_success = True
 
     def __init__(
         self,
@@ -486,7 +491,10 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
     def acquire(self, ctx: CallContext, now: float) -> Permit | Rejection:
         """A permit for a token taken at ``now``; in wait mode a
         :class:`~resilience.permit.DelayedPermit` for a token reserved for later; else a
-        rejection with the exact ``retry_after``."""
+        rejection with the exact ``retry_after``. ``now`` of ``0.0`` means "read
+        ``ctx.clock``" (the executors pass no time to an unclocked gate)."""
+        if not now:
+            now = ctx.clock.monotonic()
         options = self._options
         keyfn = options.keyfn
         key = keyfn(ctx) if keyfn is not None else None
