@@ -683,3 +683,29 @@ def test_one_algorithm_object_serves_many_policies(clock: FakeClock) -> None:
     play(a, clock, 0.1, Outcome.FAILURE)
     assert (a.limit, b.limit) == (2, 4)
     assert a.state is not b.state
+
+
+def test_a_fixed_limit_reads_no_clock_on_success(clock: FakeClock) -> None:
+    class CountingClock(FakeClock):
+        readings = 0
+
+        def monotonic(self) -> float:
+            self.readings += 1
+            return super().monotonic()
+
+    counting = CountingClock()
+    policy = ConcurrencyLimit(FixedLimit(2))
+    pipeline = Pipeline(policy, clock=counting)
+    assert pipeline.call(lambda: "ok") == "ok"
+    assert (counting.readings, policy.inflight) == (0, 0)
+    policy.reconfigure(ConcurrencyLimitOptions(AIMD(2)))  # an adaptive limit needs the durations
+    assert pipeline.call(lambda: "ok") == "ok"
+    assert (counting.readings, policy.inflight) == (2, 0)
+    policy.reconfigure(ConcurrencyLimitOptions(FixedLimit(2)))
+
+    def broken() -> None:
+        raise Broken("down")
+
+    with pytest.raises(Broken):
+        pipeline.call(broken)
+    assert policy.inflight == 0

@@ -85,7 +85,7 @@ class _GiveUp:
         self.remaining = remaining
 
     def __repr__(self) -> str:
-        return f"_GiveUp({self.reason!r})"
+        return f"GiveUp({self.reason!r})"
 
 
 _NOT_RETRYABLE = _GiveUp("not_retryable")

@@ -265,8 +265,8 @@ class AdaptiveThrottle(GateMixin, Reconfigurable[AdaptiveThrottleOptions], Polic
     def acquire(self, ctx: CallContext | None, now: float) -> ThrottlePermit | Rejection:
         """Count a request at ``now`` and decide: a permit, or ``Rejection("throttled")``."""
         k = self._options.k
-        tick = int(now // self._width)
         with self._lock:
+            tick = int(now // self._width)
             if tick != self._tick:
                 tick = self._advance(tick)
             requests, accepts = self._requests_total, self._accepts_total
