@@ -10,10 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience import CallContext, Event, FakeClock, Pipeline, RateLimitedError
-from resilience.policies.token_bucket import RateLimitRejected, RateLimitWaited, TokenBucket, compile_key
+from resilience import BulkheadFullError, CallContext, Event, FakeClock, Pipeline, RateLimitedError
+from resilience.permit import DelayedPermit, Permit, Rejection
+from resilience.policies.token_bucket import (
+    RateLimitRejected,
+    RateLimitWaited,
+    TokenBucket,
+    TokenBucketOptions,
+    compile_key,
+)
 
 from .helpers import call, outcome
+from .test_release_paths import ManualClock
 
 # Rates whose interval is a power of two make the GCRA arithmetic exact in floats.
 
@@ -245,6 +253,12 @@ def test_gcra_conforms_and_retry_after_is_exact(rate: float, burst: int, gaps: l
         ({"rate": 1, "mode": "block"}, "mode must be 'reject' or 'wait', got 'block'"),
         ({"rate": 1, "max_wait": 0}, "max_wait must be a finite number of seconds > 0, got 0"),
         ({"rate": 1, "max_keys": 0}, r"max_keys must be in \[1, 10000000\], got 0"),
+        # Float edges: one token per 1 / rate seconds must be a number of seconds at all.
+        (
+            {"rate": 5e-324},
+            r"rate must be large enough that burst / rate is a finite number of seconds, got rate=5e-324",
+        ),
+        ({"rate": 1e-300, "burst": 10**9}, r"burst / rate is a finite.*got rate=1e-300 with burst=1000000000"),
     ],
 )
 def test_invalid_options(kwargs: dict[str, Any], message: str) -> None:
@@ -256,3 +270,197 @@ def test_max_wait_accepts_timedelta() -> None:
     from datetime import timedelta
 
     assert TokenBucket(1.0, mode="wait", max_wait=timedelta(milliseconds=250)).max_wait == 0.25
+
+
+def test_a_tiny_rate_that_floats_can_still_count_is_accepted() -> None:
+    bucket = TokenBucket(1e-300)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == pytest.approx(1e300)
+
+
+# -- the permit protocol ------------------------------------------------------------------------
+
+
+def test_acquire_gives_permits_delays_and_rejections(clock: FakeClock) -> None:
+    ctx = CallContext(clock=clock)
+    reject = TokenBucket(4.0, burst=1)
+    assert isinstance(reject.acquire(ctx, 0.0), Permit)
+    refused = reject.acquire(ctx, 0.0)
+    assert isinstance(refused, Rejection)
+    assert (refused.reason, refused.retry_after, refused.max_wait) == ("limit", 0.25, 0.0)
+
+    wait = TokenBucket(4.0, burst=1, mode="wait", max_wait=0.3, key="{tenant}")
+    tenant = CallContext(clock=clock, tags={"tenant": "acme"})
+    assert wait.acquire(tenant, 0.0).kind == Permit.kind
+    delayed = wait.acquire(tenant, 0.0)
+    assert isinstance(delayed, DelayedPermit) and (delayed.delay, delayed.key) == (0.25, "acme")
+    too_late = wait.acquire(tenant, 0.0)  # due in 0.5 s, over max_wait: nothing is reserved
+    assert isinstance(too_late, Rejection) and (too_late.reason, too_late.retry_after) == ("max_wait", 0.5)
+    assert wait.take(0.0, "acme", 1.0) == 0.5
+
+
+def test_now_zero_means_the_contexts_clock(clock: FakeClock) -> None:
+    # The executors pass no time to an unclocked gate: the bucket reads it itself.
+    bucket = TokenBucket(1.0)
+    ctx = CallContext(clock=clock)
+    clock.advance(10.0)
+    assert isinstance(bucket.acquire(ctx, 0.0), Permit)
+    refused = bucket.acquire(ctx, 0.0)
+    assert isinstance(refused, Rejection) and refused.retry_after == 1.0
+    assert bucket.take(10.5) == 0.5  # the token was taken at t=10, not at t=0
+
+
+# -- a waiter that never runs gives its token back ------------------------------------------------
+
+
+async def test_a_waiter_cancelled_before_its_token_is_due_gives_it_back() -> None:
+    clock = ManualClock()  # async sleeps never end by themselves: only the cancellation does
+    bucket = TokenBucket(4.0, burst=1, mode="wait")
+    pipeline = Pipeline(bucket, clock=clock)
+    ran: list[int] = []
+
+    async def work(i: int) -> None:
+        ran.append(i)
+
+    await pipeline.acall(work, 0)  # the only token
+    first = asyncio.ensure_future(pipeline.acall(work, 1))  # reserves t=0.25
+    second = asyncio.ensure_future(pipeline.acall(work, 2))  # reserves t=0.5
+    await asyncio.sleep(0)
+    assert clock.sleeps == [0.25, 0.5]
+    first.cancel()  # not the last reservation: giving it back would put two calls in one slot
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert bucket.take(0.0, None, 10.0) == 0.75
+    # now the last reservation is the one made just above (t=0.75): the second's stays forfeit
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert bucket.take(0.0, None, 10.0) == 1.0
+    third = asyncio.ensure_future(pipeline.acall(work, 3))  # reserves t=1.25, the last one
+    await asyncio.sleep(0)
+    third.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    assert bucket.take(0.0, None, 10.0) == 1.25  # given back: t=1.25 is free again
+    assert ran == [0]
+
+
+def test_a_sync_waiter_interrupted_in_its_sleep_gives_its_token_back() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(4.0, burst=1, mode="wait")
+    pipeline = Pipeline(bucket, clock=clock)
+    assert pipeline.call(lambda: "ok") == "ok"
+    clock.interrupt = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.call(lambda: "never")
+    assert clock.sleeps == [0.25]
+    assert bucket.take(0.0, None, 1.0) == 0.25  # the token of t=0.25 is free again
+
+
+def test_a_waiter_that_ran_keeps_its_token_whatever_its_outcome(clock: FakeClock) -> None:
+    bucket = TokenBucket(4.0, burst=1, mode="wait")
+    pipeline = Pipeline(bucket, clock=clock)
+    pipeline.call(lambda: "ok")
+
+    def rejected_further_in() -> None:
+        raise BulkheadFullError("full")  # an outcome the bucket is told is IGNORED
+
+    with pytest.raises(BulkheadFullError):
+        pipeline.call(rejected_further_in)
+    assert clock.sleeps == [0.25]
+    now = clock.monotonic()
+    assert bucket.take(now, None, 1.0) == pytest.approx(0.5 - now)
+
+
+# -- options and reconfigure ------------------------------------------------------------------
+
+
+def test_options_are_frozen_validated_and_accepted_whole() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    options = TokenBucketOptions(4.0, burst=2, mode="wait", max_wait=timedelta(seconds=1))  # type: ignore[arg-type]
+    assert (options.rate, options.burst, options.max_wait, options.keyfn) == (4.0, 2, 1.0, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.rate = 5.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="mode must be 'reject' or 'wait'"):
+        options.replace(mode="queue")
+    bucket = TokenBucket(options=options)
+    assert bucket.options is options
+    assert (bucket.rate, bucket.burst, bucket.mode, bucket.max_wait, bucket.max_keys) == (4.0, 2, "wait", 1.0, 100_000)
+    assert TokenBucket(1.0).max_wait == math.inf
+    assert TokenBucket(1.0, key="{tenant}").options == TokenBucketOptions(1.0, key="{tenant}")
+    with pytest.raises(TypeError, match="needs rate"):
+        TokenBucket()
+    with pytest.raises(TypeError, match="not both"):
+        TokenBucket(1.0, options=options)
+    with pytest.raises(TypeError, match="reconfigure needs TokenBucketOptions"):
+        bucket.reconfigure(object())  # type: ignore[arg-type]
+
+
+def test_reconfigure_keeps_the_tokens_each_bucket_holds(clock: FakeClock) -> None:
+    bucket = TokenBucket(4.0, burst=4, key="{tenant}", clock=clock)
+    for _ in range(3):
+        assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0, "a") == 0.0
+    bucket.reconfigure(bucket.options.replace(rate=8.0))
+    assert bucket.available(0.0) == 1.0  # the single bucket still holds 1 token...
+    assert bucket.available(0.0, "a") == 3.0  # ...and the keyed one 3
+    assert bucket.available(0.125) == 2.0  # refilling at the new rate
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == 0.125
+
+
+def test_reconfigure_clamps_to_a_smaller_burst_and_does_not_fill_a_larger_one(clock: FakeClock) -> None:
+    bucket = TokenBucket(4.0, burst=8, clock=clock)
+    bucket.take(0.0)
+    bucket.take(0.0)
+    bucket.reconfigure(TokenBucketOptions(4.0, burst=4))
+    assert bucket.available(0.0) == 4.0  # 6 tokens, clamped to the new burst
+    assert [bucket.take(0.0) for _ in range(5)] == [0.0] * 4 + [0.25]
+    bucket.reconfigure(TokenBucketOptions(4.0, burst=16))
+    assert bucket.available(0.0) == 0.0  # an emptied bucket is not filled by a larger burst
+    assert bucket.available(1.0) == 4.0
+    assert bucket.available(100.0) == 16.0
+
+
+def test_reconfigure_keeps_tokens_reserved_ahead(clock: FakeClock) -> None:
+    bucket = TokenBucket(4.0, burst=1, mode="wait", clock=clock)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0, None, 1.0) == 0.25  # reserved: one token owed
+    bucket.reconfigure(TokenBucketOptions(2.0, burst=1, mode="wait"))
+    assert bucket.take(0.0, None, 10.0) == 1.0  # the owed token, then the next, at 0.5 s each
+
+
+def test_reconfigure_at_the_clocks_now_and_a_full_bucket_stays_full() -> None:
+    clock = FakeClock(start=100.0)
+    bucket = TokenBucket(1.0, burst=2, clock=clock)
+    bucket.take(100.0)
+    bucket.reconfigure(TokenBucketOptions(10.0, burst=2))
+    assert bucket.available(100.0) == pytest.approx(1.0)
+    idle = TokenBucket(1.0, burst=2, key="{tenant}", clock=clock)
+    idle.take(0.0, "old")
+    idle.reconfigure(TokenBucketOptions(10.0, burst=2, key="{tenant}"))
+    assert idle.available(100.0, "old") == 2.0
+
+
+def test_a_smaller_max_keys_drops_idle_buckets_at_once(clock: FakeClock) -> None:
+    bucket = TokenBucket(1.0, burst=1, key="{tenant}", max_keys=100, clock=clock)
+    for i in range(50):
+        bucket.take(-10.0, f"idle{i}")
+    for i in range(10):
+        bucket.take(0.0, f"busy{i}")
+    bucket.reconfigure(bucket.options.replace(max_keys=20))
+    assert bucket.keys == 10  # the idle ones went, the busy ones kept their state
+    assert all(bucket.take(0.0, f"busy{i}") == 1.0 for i in range(10))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_reconfigure_applies_to_the_next_calls(mode: str, clock: FakeClock) -> None:
+    bucket = TokenBucket(1.0, burst=1, clock=clock)
+    pipeline = Pipeline(bucket, clock=clock)
+    assert outcome(mode, pipeline) == "ok"
+    assert outcome(mode, pipeline) == 1.0
+    bucket.reconfigure(TokenBucketOptions(4.0, burst=1, mode="wait"))
+    assert call(mode, pipeline) == "ok"  # waits now, for a token due sooner
+    assert clock.sleeps == [0.25]
