@@ -22,9 +22,11 @@ import pytest
 from limits.errors import StorageError
 
 from resilience import CallContext, Event, FakeClock, Pipeline, RateLimitedError
+from resilience.permit import Permit, Rejection
 from resilience.policies.rate_limit import (
     RATE_LIMIT_STRATEGIES,
     RateLimit,
+    RateLimitOptions,
     RateLimitRejected,
     RateLimitStorageState,
     RateLimitWaited,
@@ -452,3 +454,159 @@ def test_four_processes_share_a_redis_limit_of_100_per_second(redis_server: Redi
     assert all(r["admitted"] > 0 and r["rejected"] > 0 for r in results), results
     print(f"4 processes admitted {admitted}: {results}")
     assert 475 <= admitted <= 525, results
+
+
+# -- the permit protocol, options and reconfigure ----------------------------------------------
+
+
+def test_acquire_gives_a_permit_or_a_rejection_that_may_be_waited_on(lclock: FakeClock) -> None:
+    ctx = CallContext(clock=lclock)
+    reject = RateLimit("1/second", key="{tenant}")
+    tenant = CallContext(clock=lclock, tags={"tenant": "acme"})
+    assert isinstance(reject.acquire(tenant, 0.0), Permit)
+    refused = reject.acquire(tenant, 0.0)
+    assert isinstance(refused, Rejection)
+    assert (refused.reason, refused.max_wait, refused.detail) == ("limit", 0.0, "acme")
+    assert refused.retry_after == pytest.approx(1.0, abs=1e-6)
+    waits = RateLimit("1/second", mode="wait", max_wait=2.0)
+    waits.acquire(ctx, 0.0)
+    later = waits.acquire(ctx, 0.0)
+    assert isinstance(later, Rejection) and (later.reason, later.max_wait) == ("limit", 2.0)
+    unbounded = RateLimit("1/second", mode="wait", name="u")
+    unbounded.acquire(ctx, 0.0)
+    forever = unbounded.acquire(ctx, 0.0)
+    assert isinstance(forever, Rejection) and forever.max_wait == float("inf")
+    # the memory storage serves asyncio callers through acquire: no aacquire for the executor
+    assert reject.aacquire is None
+
+
+def test_options_are_frozen_validated_and_accepted_whole() -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    options = RateLimitOptions((100, 1), mode="wait", max_wait=timedelta(seconds=2))  # type: ignore[arg-type]
+    assert options.rate == limits.RateLimitItemPerSecond(100, 1)  # stored as the limits item
+    assert options == RateLimitOptions("100/second", mode="wait", max_wait=2.0)
+    assert (options.max_wait, options.storage_recheck, options.fail_open) == (2.0, 1.0, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mode = "reject"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        options.replace(strategy="leaky")
+    with pytest.raises(TypeError, match="fail_open must be a bool, got 1"):
+        RateLimitOptions("1/second", fail_open=1)  # type: ignore[arg-type]
+    limit = RateLimit(options=options)
+    assert limit.options is options
+    assert (limit.item, limit.strategy, limit.mode, limit.max_wait) == (options.rate, "moving-window", "wait", 2.0)
+    with pytest.raises(TypeError, match="needs rate"):
+        RateLimit()
+    with pytest.raises(TypeError, match="not both"):
+        RateLimit("1/second", options=options)
+    with pytest.raises(TypeError, match="reconfigure needs RateLimitOptions"):
+        limit.reconfigure(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_reconfigure_keeps_the_counts_of_an_unchanged_rate_and_strategy(mode: str, lclock: FakeClock) -> None:
+    limit = RateLimit("2/second")
+    pipeline = Pipeline(limit, clock=lclock)
+    assert [outcome(mode, pipeline) for _ in range(2)] == ["ok", "ok"]
+    limit.reconfigure(limit.options.replace(mode="wait", max_wait=0.5, key=None))
+    assert limit.remaining() == 0  # the same count, in the same storage
+    with pytest.raises(RateLimitedError) as info:
+        call(mode, pipeline)  # wait mode now, but the next permit is a second away
+    assert info.value.retry_after == pytest.approx(1.0, abs=1e-6)
+    assert lclock.sleeps == []
+
+
+@pytest.mark.parametrize("change", [{"rate": "3/second"}, {"strategy": "fixed-window"}])
+def test_reconfigure_with_another_rate_or_strategy_counts_afresh_in_the_same_storage(
+    change: dict[str, str], lclock: FakeClock
+) -> None:
+    storage = limits.storage.MemoryStorage()
+    limit = RateLimit("2/second", storage=storage)
+    pipeline = Pipeline(limit, clock=lclock)
+    assert [outcome("sync", pipeline) for _ in range(3)][2] != "ok"
+    limit.reconfigure(limit.options.replace(**change))
+    assert limit._storage is storage
+    expected = 3 if "rate" in change else 2
+    assert [outcome("sync", pipeline) for _ in range(expected)] == ["ok"] * expected
+    assert isinstance(outcome("sync", pipeline), float)
+    limit.reconfigure(limit.options.replace(rate="2/second", strategy="moving-window"))
+    assert isinstance(outcome("sync", pipeline), float)  # back to the first: its counts are still there
+
+
+class FixedWindowOnlyStorage(limits.storage.Storage):
+    """A storage that supports the fixed window only (as some limits backends do)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.inner = limits.storage.MemoryStorage()
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return ConnectionError
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.inner.incr(key, expiry, amount=amount)
+
+    def get(self, key: str) -> int:
+        return self.inner.get(key)
+
+    def get_expiry(self, key: str) -> float:
+        return self.inner.get_expiry(key)
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> int | None:
+        return None
+
+    def clear(self, key: str) -> None:
+        self.inner.clear(key)
+
+
+def test_reconfigure_to_a_strategy_the_storage_lacks_changes_nothing(lclock: FakeClock) -> None:
+    limit = RateLimit("1/second", strategy="fixed-window", storage=FixedWindowOnlyStorage())
+    before = limit.options
+    with pytest.raises(ValueError, match="FixedWindowOnlyStorage does not support the 'moving-window' strategy"):
+        limit.reconfigure(before.replace(strategy="moving-window"))
+    assert limit.options is before and limit.strategy == "fixed-window"
+    assert limit.aacquire is not None  # not the memory storage: asyncio callers go through aacquire
+    pipeline = Pipeline(limit, clock=lclock)
+    assert outcome("sync", pipeline) == "ok"
+    assert isinstance(outcome("sync", pipeline), float)
+
+
+def test_reconfigure_keeps_the_storages_outage(lclock: FakeClock) -> None:
+    storage = FlakyStorage()
+    limit = RateLimit("2/second", storage=storage, storage_recheck=5.0)
+    pipeline = Pipeline(limit, clock=lclock)
+    storage.down = True
+    assert outcome("sync", pipeline) == "ok"  # failing open
+    limit.reconfigure(limit.options.replace(fail_open=False))
+    with pytest.raises(RateLimitedError, match="storage unavailable"):
+        call("sync", pipeline)  # still down: rejected at once, without asking the storage
+    assert storage.asked == 1
+
+
+@pytest.mark.redis
+def test_redis_strategies_never_meet_under_one_key(redis_server: RedisServer) -> None:
+    # A fixed window is a counter and a moving window a list in Redis: under one key,
+    # a switch of strategy would fail with WRONGTYPE until the old key expired.
+    name = f"sw-{uuid.uuid4().hex}"
+    limit = RateLimit("2/minute", strategy="fixed-window", storage=redis_server.url, name=name, fail_open=False)
+    pipeline = Pipeline(limit)
+    try:
+        assert [outcome("sync", pipeline) for _ in range(2)] == ["ok", "ok"]
+        limit.reconfigure(limit.options.replace(strategy="moving-window"))
+        assert [outcome("sync", pipeline) for _ in range(2)] == ["ok", "ok"]
+        assert isinstance(outcome("sync", pipeline), float)
+        limit.reconfigure(limit.options.replace(strategy="sliding-window-counter"))
+        assert outcome("sync", pipeline) == "ok"
+        other = RateLimit("2/minute", strategy="moving-window", storage=redis_server.url, name=name)
+        try:
+            assert other.remaining() == 0  # another process on the same strategy shares the count
+        finally:
+            other.close()
+    finally:
+        limit.close()
