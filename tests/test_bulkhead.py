@@ -549,3 +549,50 @@ def test_a_smaller_max_queue_rejects_no_one_already_waiting() -> None:
     assert isinstance(ticket, Ticket) and ticket.max_wait == 1  # a new wait gets the new max_wait
     assert bulkhead.abandon(ticket)
     _free(bulkhead, holder)
+
+
+def test_reconfigure_under_churn_loses_no_slot_and_never_exceeds_the_largest_limit() -> None:
+    # Threads take and give back slots (without the lock while nobody waits) while another
+    # thread moves max_concurrent between 1 and 4: the slot count must stay exact.
+    bulkhead = Bulkhead(2, max_queue=64, max_wait=10)
+    pipeline = Pipeline(bulkhead)
+    gauge = Gauge()
+    rejected: list[int] = []
+    done = threading.Event()
+
+    def work() -> None:
+        gauge.enter()
+        time.sleep(0)
+        gauge.leave()
+
+    def worker() -> None:
+        for _ in range(200):
+            try:
+                pipeline.call(work)
+            except BulkheadFullError:
+                rejected.append(1)
+
+    def reconfigurer() -> None:
+        for i in range(2000):
+            if done.is_set():
+                return
+            bulkhead.reconfigure(BulkheadOptions(1 + i % 4, max_queue=64, max_wait=10))
+            time.sleep(0)
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    changer = threading.Thread(target=reconfigurer)
+    for t in [*threads, changer]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    changer.join(10)
+    assert rejected == []
+    assert gauge.admitted == 12 * 200
+    assert gauge.peak <= 4
+    assert (bulkhead.active, bulkhead.queued) == (0, 0)
+    bulkhead.reconfigure(BulkheadOptions(3))
+    slots = [_take(bulkhead) for _ in range(3)]
+    assert _refused(bulkhead)  # exactly 3 slots: none lost, none doubled
+    for permit in slots:
+        _free(bulkhead, permit)
