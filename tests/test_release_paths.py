@@ -297,10 +297,6 @@ def concurrency_subject(path: str, clock: FakeClock) -> Subject:
     return Subject(limit, clock, _nothing, _nothing, at_rest)
 
 
-# ConcurrencyLimit is moving to the permit protocol (and so to the shared executors) in a
-# parallel change; until then a raising classifier leaks its in-flight count.
-CONCURRENCY_ON_EXECUTORS = hasattr(ConcurrencyLimit, "acquire")
-
 SUBJECTS: dict[str, Callable[[str, FakeClock], Subject]] = {
     "bulkhead": bulkhead_subject,
     "bulkhead_queued": queued_bulkhead_subject,
@@ -318,10 +314,7 @@ def _cases() -> Iterator[Any]:
             for mode in ("sync", "async"):
                 if path in ASYNC_ONLY and mode == "sync":
                     continue
-                marks = []
-                if subject == "concurrency_limit" and path.startswith("classifier_") and not CONCURRENCY_ON_EXECUTORS:
-                    marks.append(pytest.mark.xfail(reason="ConcurrencyLimit not yet on the executors", strict=True))
-                yield pytest.param(subject, path, mode, id=f"{subject}-{path}-{mode}", marks=marks)
+                yield pytest.param(subject, path, mode, id=f"{subject}-{path}-{mode}")
 
 
 async def _call_async(pipeline: Pipeline, path: str) -> Any:
