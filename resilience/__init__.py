@@ -1,16 +1,37 @@
-"""Resilience policies for gRPC and HTTP clients: one core for sync and asyncio callers.
+"""Resilience policies for gRPC and HTTP clients: one core for sync, asyncio and trio callers.
 
 Compose policies in a :class:`Pipeline` (the first one given is the outermost) and run
 calls through it, or let the adapters in the ``interceptors`` package do it for your
 gRPC channels and httpx clients.
+
+``__all__`` is what users need: the policies and their options, the errors and events,
+:class:`Pipeline`, :class:`FakeClock`, and the protocols of permits, discovery and
+balancing. Policies that need an optional dependency (``PyBreakerPolicy`` needs
+pybreaker; ``RedisBreakerState`` and ``AsyncRedisBreakerState`` need redis) are imported
+on first use, ``resilience.PyBreakerPolicy``, and are not in ``__all__``, so that
+``from resilience import *`` works with no extra installed.
 """
 
 from typing import TYPE_CHECKING
 
-from .balancing import Balancer, NoEndpointError, RoundRobin
-from .clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock, TimerHandle
+from .balancing import Balancer, EndpointPool, EndpointState, NoEndpointError, RoundRobin, Selection
+from .clock import Clock, FakeClock, SystemClock, TimerHandle
 from .context import CallContext
-from .discovery import Discovery, Endpoint, StaticDiscovery, Subscription
+from .discovery import (
+    BaseDiscovery,
+    Discovery,
+    DiscoveryFactory,
+    Endpoint,
+    LoopCallback,
+    StaticDiscovery,
+    Subscription,
+    discovery_from_uri,
+    in_loop,
+    known_schemes,
+    register_scheme,
+    subscribe_in_loop,
+    unregister_scheme,
+)
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -23,36 +44,29 @@ from .errors import (
     RetryBudgetExhaustedError,
     ThrottledError,
 )
-from .events import (
-    BulkheadRejected,
-    Event,
-    FallbackUsed,
-    Listener,
-    RetryGaveUp,
-    RetryScheduled,
-    TimeoutExpired,
-    emit,
-)
-from .outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
+from .events import BulkheadRejected, Event, FallbackUsed, Listener, RetryGaveUp, RetryScheduled, TimeoutExpired
+from .options import Options, Reconfigurable
+from .outcome import Classifier, Outcome
+from .permit import Gate, Permit, Rejection
 from .pipeline import Pipeline
 from .policies import (
     AIMD,
     RATE_LIMIT_STRATEGIES,
     AdaptiveThrottle,
+    AdaptiveThrottleOptions,
     Backoff,
     Bulkhead,
+    BulkheadOptions,
     CircuitBreaker,
     CircuitBreakerOptions,
     CircuitMetrics,
-    CircuitPermit,
     CircuitRejected,
     CircuitState,
     CircuitStateChanged,
     ConcurrencyLimit,
+    ConcurrencyLimitOptions,
     ConcurrencyLimitRejected,
-    ConcurrencyPermit,
     Constant,
-    CountWindow,
     DecorrelatedJitter,
     Exponential,
     ExponentialJitter,
@@ -62,51 +76,49 @@ from .policies import (
     Gradient2,
     Hedge,
     HedgeAttemptFailed,
+    HedgeOptions,
     HedgeStarted,
     HedgeWon,
     KeyFunc,
     LimitAlgorithm,
     LimitChanged,
-    OutcomeWindow,
+    LimitState,
     RateLimit,
+    RateLimitOptions,
     RateLimitRejected,
     RateLimitStorageState,
     RateLimitWaited,
     Retry,
     RetryBudget,
+    RetryBudgetOptions,
+    RetryOptions,
     SharedCircuitState,
     ThrottleRejected,
     Timeout,
-    TimeWindow,
     TokenBucket,
-    compile_key,
-    rejection_probability,
+    TokenBucketOptions,
 )
-from .options import Options, Reconfigurable
-from .permit import Gate, Permit, Rejection
-from .policy import AsyncNext, Policy, SyncNext
+from .policy import Policy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AIMD",
-    "DEFAULT_CLASSIFIER",
     "RATE_LIMIT_STRATEGIES",
-    "SYSTEM_CLOCK",
     "AdaptiveThrottle",
-    "AsyncNext",
-    "AsyncRedisBreakerState",
+    "AdaptiveThrottleOptions",
     "Backoff",
     "Balancer",
+    "BaseDiscovery",
     "Bulkhead",
     "BulkheadFullError",
+    "BulkheadOptions",
     "BulkheadRejected",
     "CallContext",
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitMetrics",
     "CircuitOpenError",
-    "CircuitPermit",
     "CircuitRejected",
     "CircuitState",
     "CircuitStateChanged",
@@ -114,14 +126,16 @@ __all__ = [
     "Clock",
     "ConcurrencyLimit",
     "ConcurrencyLimitError",
+    "ConcurrencyLimitOptions",
     "ConcurrencyLimitRejected",
-    "ConcurrencyPermit",
     "Constant",
-    "CountWindow",
     "DeadlineExceededError",
     "DecorrelatedJitter",
     "Discovery",
+    "DiscoveryFactory",
     "Endpoint",
+    "EndpointPool",
+    "EndpointState",
     "Event",
     "Exponential",
     "ExponentialJitter",
@@ -134,55 +148,62 @@ __all__ = [
     "Gradient2",
     "Hedge",
     "HedgeAttemptFailed",
+    "HedgeOptions",
     "HedgeStarted",
     "HedgeWon",
     "IsolatedCircuitError",
     "KeyFunc",
     "LimitAlgorithm",
     "LimitChanged",
+    "LimitState",
     "Listener",
+    "LoopCallback",
     "NoEndpointError",
     "Options",
     "Outcome",
-    "OutcomeWindow",
     "Permit",
     "Pipeline",
     "Policy",
-    "PyBreakerPolicy",
     "RateLimit",
+    "RateLimitOptions",
     "RateLimitRejected",
     "RateLimitStorageState",
     "RateLimitWaited",
     "RateLimitedError",
     "Reconfigurable",
-    "RedisBreakerState",
-    "Rejection",
     "RejectedError",
+    "Rejection",
     "ResilienceError",
     "Retry",
     "RetryBudget",
     "RetryBudgetExhaustedError",
+    "RetryBudgetOptions",
     "RetryGaveUp",
+    "RetryOptions",
     "RetryScheduled",
     "RoundRobin",
+    "Selection",
     "SharedCircuitState",
     "StaticDiscovery",
     "Subscription",
-    "SyncNext",
     "SystemClock",
     "ThrottleRejected",
     "ThrottledError",
-    "TimeWindow",
     "Timeout",
     "TimeoutExpired",
     "TimerHandle",
     "TokenBucket",
-    "compile_key",
-    "emit",
-    "rejection_probability",
+    "TokenBucketOptions",
+    "discovery_from_uri",
+    "in_loop",
+    "known_schemes",
+    "register_scheme",
+    "subscribe_in_loop",
+    "unregister_scheme",
 ]
 
-# These need optional dependencies (pybreaker, redis): imported on first use.
+# These need optional dependencies (pybreaker, redis): imported on first use, and kept out
+# of ``__all__`` so that a star import needs neither.
 _LAZY = {
     "PyBreakerPolicy": "resilience.policies.pybreaker_adapter",
     "RedisBreakerState": "resilience.shared.redis_breaker",
@@ -202,5 +223,6 @@ def __getattr__(name: str) -> object:
 
 
 if TYPE_CHECKING:
-    from .policies.pybreaker_adapter import PyBreakerPolicy
-    from .shared.redis_breaker import AsyncRedisBreakerState, RedisBreakerState
+    from .policies.pybreaker_adapter import PyBreakerPolicy as PyBreakerPolicy
+    from .shared.redis_breaker import AsyncRedisBreakerState as AsyncRedisBreakerState
+    from .shared.redis_breaker import RedisBreakerState as RedisBreakerState

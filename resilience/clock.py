@@ -26,7 +26,7 @@ from . import _aio
 if TYPE_CHECKING:
     import trio
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock", "TimerHandle"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "TimerHandle"]
 
 _log = logging.getLogger("resilience")
 

@@ -23,7 +23,6 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "TimeoutExpired",
-    "emit",
 ]
 
 _log = logging.getLogger("resilience")

@@ -11,7 +11,7 @@ import enum
 
 from .errors import RejectedError
 
-__all__ = ["DEFAULT_CLASSIFIER", "Classifier", "Outcome"]
+__all__ = ["Classifier", "Outcome"]
 
 
 class Outcome(enum.IntEnum):

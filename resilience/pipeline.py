@@ -159,18 +159,38 @@ class Pipeline:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or an async function so that every call runs through the policies."""
+        """Decorate a sync or an async function so that every call runs through the policies.
+
+        The decorated function's calls build their context from a class that already holds
+        the function, so a call stores only its arguments.
+        """
+        context_type = type(
+            "CallContext",
+            (self._context_type,),
+            {"__module__": CallContext.__module__, "__qualname__": CallContext.__qualname__, "fn": staticmethod(fn)},
+        )
         if inspect.iscoroutinefunction(fn):
+            async_chain = self._async_chain
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(fn, *args, **kwargs)
+                ctx: CallContext = _new(context_type)
+                ctx.args = args
+                if kwargs:
+                    ctx.kwargs = kwargs
+                return await async_chain(ctx)
 
             return async_wrapper
 
+        sync_chain = self._sync_chain
+
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call(fn, *args, **kwargs)
+            ctx: CallContext = _new(context_type)
+            ctx.args = args
+            if kwargs:
+                ctx.kwargs = kwargs
+            return sync_chain(ctx)
 
         return wrapper
 

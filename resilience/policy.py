@@ -14,7 +14,7 @@ from typing import Any
 
 from .context import CallContext
 
-__all__ = ["AsyncNext", "Policy", "SyncNext"]
+__all__ = ["Policy"]
 
 SyncNext = Callable[[CallContext], Any]
 """The rest of a sync pipeline: call it with the context, get the result."""

@@ -10,7 +10,8 @@ import pytest
 import sniffio
 import trio
 
-from resilience import SYSTEM_CLOCK, Clock, DeadlineExceededError, FakeClock, Pipeline, Timeout
+from resilience import Clock, DeadlineExceededError, FakeClock, Pipeline, Timeout
+from resilience.clock import SYSTEM_CLOCK
 
 
 def test_fake_clock_advances_only_when_told() -> None:

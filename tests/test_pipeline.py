@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 
 from resilience import (
-    AsyncNext,
     CallContext,
     Constant,
     FakeClock,
@@ -14,8 +13,8 @@ from resilience import (
     Pipeline,
     Policy,
     Retry,
-    SyncNext,
 )
+from resilience.policy import AsyncNext, SyncNext
 
 
 class Trace(Policy):

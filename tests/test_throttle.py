@@ -307,7 +307,7 @@ def test_threads_lose_no_counts() -> None:
         t.start()
     for t in threads:
         t.join(10)
-    from resilience import SYSTEM_CLOCK
+    from resilience.clock import SYSTEM_CLOCK
 
     assert throttle.counts(SYSTEM_CLOCK.monotonic()) == (4000, 4000)
 

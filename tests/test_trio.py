@@ -16,7 +16,8 @@ import pytest
 import sniffio
 import trio
 
-from resilience import SYSTEM_CLOCK, Constant, FakeClock, Pipeline, Retry, _aio
+from resilience import Constant, FakeClock, Pipeline, Retry, _aio
+from resilience.clock import SYSTEM_CLOCK
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -33,7 +33,7 @@ from ..outcome import Outcome
 from ..permit import READY, Gate, Permit, Rejection
 from .base import Balancer, NoEndpointError, RoundRobin
 
-__all__ = ["EndpointPool", "EndpointState", "Hold", "Selection"]
+__all__ = ["EndpointPool", "EndpointState", "Selection"]
 
 R = TypeVar("R")
 

@@ -1,13 +1,12 @@
-"""The policies, one per module."""
+"""The policies, one per module (the circuit breaker and the hedge are packages of rooms)."""
 
 from .backoff import Backoff, Constant, DecorrelatedJitter, Exponential, ExponentialJitter
-from .budget import RetryBudget
-from .bulkhead import Bulkhead
+from .budget import RetryBudget, RetryBudgetOptions
+from .bulkhead import Bulkhead, BulkheadOptions
 from .circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerOptions,
     CircuitMetrics,
-    CircuitPermit,
     CircuitRejected,
     CircuitState,
     CircuitStateChanged,
@@ -16,40 +15,47 @@ from .circuit_breaker import (
 from .concurrency import (
     AIMD,
     ConcurrencyLimit,
+    ConcurrencyLimitOptions,
     ConcurrencyLimitRejected,
-    ConcurrencyPermit,
     FixedLimit,
     Gradient2,
     LimitAlgorithm,
     LimitChanged,
+    LimitState,
 )
 from .fallback import Fallback, FallbackInput
-from .hedge import Hedge, HedgeAttemptFailed, HedgeStarted, HedgeWon
-from .rate_limit import RATE_LIMIT_STRATEGIES, RateLimit, RateLimitStorageState
-from .retry import Retry
-from .throttle import AdaptiveThrottle, ThrottleRejected, rejection_probability
+from .hedge import Hedge, HedgeAttemptFailed, HedgeOptions, HedgeStarted, HedgeWon
+from .rate_limit import (
+    RATE_LIMIT_STRATEGIES,
+    RateLimit,
+    RateLimitOptions,
+    RateLimitRejected,
+    RateLimitStorageState,
+    RateLimitWaited,
+)
+from .retry import Retry, RetryOptions
+from .throttle import AdaptiveThrottle, AdaptiveThrottleOptions, ThrottleRejected
 from .timeout import Timeout
-from .token_bucket import KeyFunc, RateLimitRejected, RateLimitWaited, TokenBucket, compile_key
-from .windows import CountWindow, OutcomeWindow, TimeWindow
+from .token_bucket import KeyFunc, TokenBucket, TokenBucketOptions
 
 __all__ = [
     "AIMD",
     "RATE_LIMIT_STRATEGIES",
     "AdaptiveThrottle",
+    "AdaptiveThrottleOptions",
     "Backoff",
     "Bulkhead",
+    "BulkheadOptions",
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitMetrics",
-    "CircuitPermit",
     "CircuitRejected",
     "CircuitState",
     "CircuitStateChanged",
     "ConcurrencyLimit",
+    "ConcurrencyLimitOptions",
     "ConcurrencyLimitRejected",
-    "ConcurrencyPermit",
     "Constant",
-    "CountWindow",
     "DecorrelatedJitter",
     "Exponential",
     "ExponentialJitter",
@@ -59,23 +65,25 @@ __all__ = [
     "Gradient2",
     "Hedge",
     "HedgeAttemptFailed",
+    "HedgeOptions",
     "HedgeStarted",
     "HedgeWon",
     "KeyFunc",
     "LimitAlgorithm",
     "LimitChanged",
-    "OutcomeWindow",
+    "LimitState",
     "RateLimit",
+    "RateLimitOptions",
     "RateLimitRejected",
     "RateLimitStorageState",
     "RateLimitWaited",
     "Retry",
     "RetryBudget",
+    "RetryBudgetOptions",
+    "RetryOptions",
     "SharedCircuitState",
     "ThrottleRejected",
-    "TimeWindow",
     "Timeout",
     "TokenBucket",
-    "compile_key",
-    "rejection_probability",
+    "TokenBucketOptions",
 ]

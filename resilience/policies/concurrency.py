@@ -37,7 +37,6 @@ __all__ = [
     "ConcurrencyLimit",
     "ConcurrencyLimitOptions",
     "ConcurrencyLimitRejected",
-    "ConcurrencyPermit",
     "FixedLimit",
     "Gradient2",
     "LimitAlgorithm",

@@ -35,9 +35,7 @@ from ..policy import AsyncNext, Policy, SyncNext
 __all__ = [
     "AdaptiveThrottle",
     "AdaptiveThrottleOptions",
-    "ThrottlePermit",
     "ThrottleRejected",
-    "rejection_probability",
 ]
 
 _SUCCESS = Outcome.SUCCESS

@@ -40,7 +40,6 @@ __all__ = [
     "RateLimitWaited",
     "TokenBucket",
     "TokenBucketOptions",
-    "compile_key",
 ]
 
 KeyFunc = Callable[[CallContext], str]

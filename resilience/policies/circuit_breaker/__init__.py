@@ -9,7 +9,6 @@ from .machine import CircuitBreaker
 from .options import CircuitBreakerOptions
 from .states import (
     CircuitMetrics,
-    CircuitPermit,
     CircuitRejected,
     CircuitState,
     CircuitStateChanged,
@@ -20,7 +19,6 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerOptions",
     "CircuitMetrics",
-    "CircuitPermit",
     "CircuitRejected",
     "CircuitState",
     "CircuitStateChanged",

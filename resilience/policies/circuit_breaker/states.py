@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CircuitMetrics",
-    "CircuitPermit",
     "CircuitRejected",
     "CircuitState",
     "CircuitStateChanged",

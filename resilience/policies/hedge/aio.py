@@ -15,7 +15,7 @@ from .race import END, LATE, WIN, HedgeAttemptFailed, Race, judge_error, judge_r
 if TYPE_CHECKING:
     from .policy import Hedge
 
-__all__ = ["hedge_async"]
+__all__: list[str] = []  # the executors are internal: use Hedge
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -17,7 +17,7 @@ from .race import LATE, HedgeAttemptFailed, Race, judge_error, judge_result
 if TYPE_CHECKING:
     from .policy import Hedge
 
-__all__ = ["WorkerPool", "hedge_sync"]
+__all__: list[str] = []  # the executors are internal: use Hedge
 
 
 class WorkerPool:
