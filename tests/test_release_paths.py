@@ -20,7 +20,8 @@ from resilience import CallContext, FakeClock, Pipeline
 from resilience.outcome import Classifier, Outcome
 from resilience.permit import Permit, Ticket
 from resilience.policies.bulkhead import Bulkhead
-from resilience.policies.circuit_breaker import CircuitBreaker, CircuitPermit, CircuitState
+from resilience.policies.circuit_breaker import CircuitBreaker, CircuitState
+from resilience.policies.circuit_breaker.states import CircuitPermit
 from resilience.policies.concurrency import ConcurrencyLimit
 from resilience.policies.token_bucket import TokenBucket
 from resilience.policy import Policy

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from .._validate import Seconds, integer, seconds
 
-__all__: list[str] = []  # the breaker's internals, importable from here for tests and tools
+__all__ = ["CountWindow", "OutcomeWindow", "TimeWindow"]  # the breaker's: not in resilience.__all__
 
 _FAILED = 1
 _SLOW = 2
