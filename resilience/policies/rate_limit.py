@@ -41,8 +41,8 @@ from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import GateMixin, Permit, Rejection
 from ..policy import AsyncNext, Policy, SyncNext
-from .token_bucket import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
-from .token_bucket import rejection as _rate_limited
+from .rate_keys import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
+from .rate_keys import rejection as _rate_limited
 
 __all__ = [
     "RATE_LIMIT_STRATEGIES",

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
-import string
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._async_exec import gate_async
@@ -28,11 +26,13 @@ from .._validate import Seconds, as_seconds, integer, number, seconds
 from ..clock import SYSTEM_CLOCK, Clock
 from ..context import CallContext
 from ..errors import RateLimitedError
-from ..events import Event, emit
+from ..events import emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import DELAYED, DelayedPermit, GateMixin, Permit, Rejection
 from ..policy import AsyncNext, Policy, SyncNext
+from .rate_keys import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
+from .rate_keys import rejection as _rate_limited
 
 __all__ = [
     "KeyFunc",
@@ -42,10 +42,6 @@ __all__ = [
     "TokenBucketOptions",
 ]
 
-KeyFunc = Callable[[CallContext], str]
-"""Builds the limit's key from the call context."""
-
-_MODES = ("reject", "wait")
 _EPSILON = 1e-9
 """Float rounding allowance (seconds): a token due within a nanosecond is due now."""
 _GIVE_BACK_MARGIN = 1e-3
@@ -53,120 +49,6 @@ _GIVE_BACK_MARGIN = 1e-3
 may end a little early, never this early)."""
 _IGNORED = Outcome.IGNORED
 
-
-@dataclass(frozen=True, slots=True)
-class RateLimitRejected(Event):
-    """A rate limit turned a call away.
-
-    Attributes:
-        key: the key of the limit that was exceeded.
-        retry_after: seconds until the next permit, when known.
-        reason: ``"limit"`` (reject mode), ``"max_wait"`` or ``"deadline"`` (the wait
-            would have been too long), or ``"storage"`` (the limit's storage failed and
-            the policy fails closed).
-    """
-
-    key: str
-    retry_after: float | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitWaited(Event):
-    """A rate limit in ``"wait"`` mode holds a call back for ``delay`` seconds."""
-
-    key: str
-    delay: float
-
-
-def compile_key(key: str | KeyFunc | None) -> KeyFunc | None:
-    """The key option as a function of the context; ``None`` means one key for all calls.
-
-    A string is a template: ``{service}`` and ``{method}`` are the context's fields, any
-    other ``{name}`` is the call's tag ``name`` (empty when the call has no such tag), so
-    ``"{service}:{method}:{tenant}"`` gives one limit per service, method and tenant. A
-    template without fields is a constant key. A callable gets the
-    :class:`~resilience.CallContext` and returns the key.
-
-    Raises:
-        ValueError: a template field with an attribute, index, conversion or format spec.
-        TypeError: ``key`` is neither a string, a callable nor ``None``.
-    """
-    if key is None:
-        return None
-    if isinstance(key, str):
-        return _compile_template(key)
-    if callable(key):
-        return key
-    raise TypeError(f"key must be a template string, a callable(ctx) -> str, or None, got {key!r}")
-
-
-def _compile_template(template: str) -> KeyFunc:
-    literal_parts: list[str] = []
-    getters: list[Callable[[CallContext], str]] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"key must be a valid template such as '{{service}}:{{tenant}}', got {template!r}: {exc}")
-    fmt: list[str] = []
-    for literal, name, spec, conversion in parsed:
-        fmt.append(literal.replace("%", "%%"))
-        literal_parts.append(literal)
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ValueError(
-                f"key template fields must be plain names ({{service}}, {{method}} or a tag name), "
-                f"got {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} in {template!r}"
-            )
-        fmt.append("%s")
-        getters.append(_field_getter(name))
-    if not getters:
-        constant = "".join(literal_parts)
-        return lambda ctx: constant
-    pattern = "".join(fmt)
-    if len(getters) == 1:
-        (only,) = getters
-        return lambda ctx: pattern % only(ctx)
-    return lambda ctx: pattern % tuple([get(ctx) for get in getters])
-
-
-def _field_getter(name: str) -> Callable[[CallContext], str]:
-    if name == "service":
-        return lambda ctx: ctx.service
-    if name == "method":
-        return lambda ctx: ctx.method
-
-    def tag(ctx: CallContext) -> str:
-        tags = ctx.tags
-        return tags.get(name, "") if tags is not None else ""
-
-    return tag
-
-
-def check_mode(mode: str) -> str:
-    """``mode`` checked to be ``"reject"`` or ``"wait"``."""
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'reject' or 'wait', got {mode!r}")
-    return mode
-
-
-def rejection(policy: str, ctx: CallContext, key: str, retry_after: float | None, reason: str) -> RateLimitedError:
-    """The error (and event) for a call a rate limit turns away."""
-    if ctx.listeners:
-        emit(ctx.listeners, RateLimitRejected(policy, ctx, key, retry_after, reason))
-    where = f" for key {key!r}" if key else ""
-    if reason == "limit":
-        why = "rate limit exceeded"
-    elif reason == "storage":
-        why = "rate limit storage unavailable (failing closed)"
-    else:
-        why = f"the next permit comes after the {'deadline' if reason == 'deadline' else 'longest wait'}"
-    when = f", next permit in {retry_after:.3f}s" if retry_after is not None else ""
-    return RateLimitedError(f"{policy}: {why}{where}{when}", context=ctx, retry_after=retry_after)
-
-
-_rate_limited = rejection
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +184,7 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
         "_lock",
         "_low_water",
         "_options",
+        "_plain",
         "_slack",
         "_tat",
         "_tats",
@@ -351,6 +234,8 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
         self._interval = interval
         self._slack = options.burst * interval - interval
         self._low_water = max(1, options.max_keys * 9 // 10)
+        # One bucket in reject mode: the common case, taken without a look at the options.
+        self._plain = options.keyfn is None and options.mode != "wait"
         self._options = options
 
     # -- options --------------------------------------------------------------------------
@@ -494,6 +379,16 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
         ``ctx.clock``" (the executors pass no time to an unclocked gate)."""
         if not now:
             now = ctx.clock.monotonic()
+        if self._plain:
+            with self._lock:
+                tat = self._tat
+                if tat < now:
+                    tat = now
+                wait = tat - now - self._slack
+                if wait <= _EPSILON:
+                    self._tat = tat + self._interval
+                    return _READY
+            return Rejection("limit", wait)
         options = self._options
         keyfn = options.keyfn
         key = keyfn(ctx) if keyfn is not None else None
