@@ -95,6 +95,7 @@ from .policies import (
     SharedCircuitState,
     ThrottleRejected,
     Timeout,
+    TimeoutOptions,
     TokenBucket,
     TokenBucketOptions,
 )
@@ -191,6 +192,7 @@ __all__ = [
     "ThrottledError",
     "Timeout",
     "TimeoutExpired",
+    "TimeoutOptions",
     "TimerHandle",
     "TokenBucket",
     "TokenBucketOptions",

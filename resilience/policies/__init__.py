@@ -35,7 +35,7 @@ from .rate_limit import (
 )
 from .retry import Retry, RetryOptions
 from .throttle import AdaptiveThrottle, AdaptiveThrottleOptions, ThrottleRejected
-from .timeout import Timeout
+from .timeout import Timeout, TimeoutOptions
 from .token_bucket import KeyFunc, TokenBucket, TokenBucketOptions
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "SharedCircuitState",
     "ThrottleRejected",
     "Timeout",
+    "TimeoutOptions",
     "TokenBucket",
     "TokenBucketOptions",
 ]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from asyncio.events import _get_running_loop
+from dataclasses import dataclass
 from typing import Any
 
 from .. import _aio, _validate
-from .._validate import Seconds
+from .._validate import Seconds, as_seconds
 from ..context import CallContext
 from ..errors import DeadlineExceededError
 from ..events import TimeoutExpired, emit
+from ..options import Options
 from ..policy import AsyncNext, Policy, SyncNext
 
-__all__ = ["Timeout"]
+__all__ = ["Timeout", "TimeoutOptions"]
 
 if sys.version_info < (3, 12):
     # Before 3.12 asyncio.current_task() is Python code that asks for the running loop
@@ -27,6 +29,21 @@ else:  # pragma: no cover - exercised on newer Pythons
 
     def _task_of(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
         return asyncio.current_task(loop)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutOptions(Options):
+    """A :class:`Timeout`'s limit.
+
+    Attributes:
+        seconds: the time limit, > 0 and at most ``threading.TIMEOUT_MAX``, as seconds or a
+            ``timedelta`` (stored as seconds). Required.
+    """
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        self.set("seconds", _validate.seconds("seconds", self.seconds, bounded=True))
 
 
 class Timeout(Policy):
@@ -48,16 +65,48 @@ class Timeout(Policy):
     :class:`~resilience.DeadlineExceededError` is raised. A plain function that blocks for a
     minute therefore still blocks for a minute; only then is it marked as timed out.
 
+    :meth:`reconfigure` swaps the limit; a call keeps the deadline it started with. There
+    is no other state.
+
     Args:
-        seconds: the time limit, > 0, as seconds or a ``timedelta``.
+        seconds: the time limit, > 0, as seconds or a ``timedelta`` (see :class:`TimeoutOptions`).
+        options: the whole options object, instead of ``seconds``.
         name: the policy's name in events (default ``"timeout"``).
     """
 
-    __slots__ = ("seconds",)
+    __slots__ = ("_options",)
 
-    def __init__(self, seconds: Seconds, *, name: str | None = None) -> None:
+    options_type = TimeoutOptions
+
+    def __init__(
+        self, seconds: Seconds | None = None, *, options: TimeoutOptions | None = None, name: str | None = None
+    ) -> None:
         super().__init__(name)
-        self.seconds = _validate.seconds("seconds", seconds)  # the argument shadows the checker
+        if options is None:
+            if seconds is None:
+                raise TypeError("Timeout needs seconds (or options=TimeoutOptions(...))")
+            options = TimeoutOptions(as_seconds(seconds))
+        elif not isinstance(options, TimeoutOptions):
+            raise TypeError(f"options must be TimeoutOptions, got {options!r}")
+        elif seconds is not None:
+            raise TypeError("give seconds or options, not both")
+        self._options = options
+
+    @property
+    def seconds(self) -> float:
+        """The time limit now."""
+        return self._options.seconds
+
+    def reconfigure(self, options: TimeoutOptions) -> None:
+        """Swap the time limit; calls in flight keep the deadline they started with."""
+        if not isinstance(options, TimeoutOptions):
+            raise TypeError(f"Timeout.reconfigure needs TimeoutOptions, got {options!r}")
+        self._options = options
+
+    @property
+    def options(self) -> TimeoutOptions:
+        """The options in force now."""
+        return self._options
 
     def _expired(self, ctx: CallContext, own: bool) -> DeadlineExceededError:
         if ctx.listeners:
@@ -72,9 +121,10 @@ class Timeout(Policy):
         )
 
     def wrap(self, next: SyncNext) -> SyncNext:
-        limit = self.seconds
+        policy = self
 
         def timeout_sync(ctx: CallContext) -> Any:
+            limit = policy._options.seconds
             clock = ctx.clock
             outer = ctx.deadline
             deadline = clock.monotonic() + limit
@@ -98,12 +148,12 @@ class Timeout(Policy):
         return timeout_sync
 
     def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        limit = self.seconds
+        policy = self
 
         async def timeout_async(ctx: CallContext) -> Any:
             clock = ctx.clock
             outer = ctx.deadline
-            deadline = clock.monotonic() + limit
+            deadline = clock.monotonic() + policy._options.seconds
             own = outer is None or deadline <= outer
             if not own:
                 deadline = outer  # type: ignore[assignment]
