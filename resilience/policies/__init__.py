@@ -23,7 +23,7 @@ from .concurrency import (
     LimitChanged,
     LimitState,
 )
-from .fallback import Fallback, FallbackInput
+from .fallback import Fallback, FallbackInput, FallbackOptions
 from .hedge import Hedge, HedgeAttemptFailed, HedgeOptions, HedgeStarted, HedgeWon
 from .rate_limit import (
     RATE_LIMIT_STRATEGIES,
@@ -61,6 +61,7 @@ __all__ = [
     "ExponentialJitter",
     "Fallback",
     "FallbackInput",
+    "FallbackOptions",
     "FixedLimit",
     "Gradient2",
     "Hedge",
