@@ -7,16 +7,22 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from resilience import (
+    AdaptiveThrottle,
     Bulkhead,
     BulkheadFullError,
     CircuitBreaker,
+    CircuitOpenError,
     ConcurrencyLimit,
+    Event,
     FakeClock,
     Pipeline,
+    RateLimit,
     RateLimitedError,
+    RateLimitWaited,
     Retry,
     TokenBucket,
 )
@@ -198,4 +204,44 @@ def test_release_paths_under_trio_leave_nothing_held() -> None:
 
     run(main)
     assert bulkhead.active == 0 and bulkhead.queued == 0
+    assert limit.inflight == 0
+
+
+def test_a_rate_limit_waits_under_trio_until_its_next_permit() -> None:
+    events: list[Event] = []
+    pipeline = Pipeline(RateLimit("2/second", mode="wait", max_wait=5), listeners=[events.append])
+    done: list[int] = []
+
+    async def main() -> None:
+        for i in range(3):
+            await pipeline.acall(trio.sleep, 0)
+            done.append(i)
+
+    run(main)
+    assert done == [0, 1, 2]
+    waits = [e for e in events if isinstance(e, RateLimitWaited)]
+    assert len(waits) >= 1 and all(w.delay > 0 for w in waits)  # only the third call waited
+
+
+def test_breaker_throttle_and_limit_count_outcomes_under_trio() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, break_duration=10, clock=clock)
+    throttle = AdaptiveThrottle()
+    limit = ConcurrencyLimit(4)
+    pipeline = Pipeline(breaker, throttle, limit, clock=clock)
+
+    async def boom() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await pipeline.acall(boom)
+        with pytest.raises(CircuitOpenError):
+            await pipeline.acall(boom)
+
+    run(main)
+    assert breaker.state.value == "open"
+    assert throttle.counts(clock.monotonic()) == (2, 0)
     assert limit.inflight == 0
