@@ -228,20 +228,27 @@ def test_breaker_throttle_and_limit_count_outcomes_under_trio() -> None:
     breaker = CircuitBreaker(failure_threshold=2, break_duration=10, clock=clock)
     throttle = AdaptiveThrottle()
     limit = ConcurrencyLimit(4)
-    pipeline = Pipeline(breaker, throttle, limit, clock=clock)
+    counted = Pipeline(throttle, limit, clock=clock)
+    guarded = Pipeline(breaker, limit, clock=clock)
+
+    async def ok() -> str:
+        await trio.sleep(0)
+        return "ok"
 
     async def boom() -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.sleep(0)
         raise ConnectionError("down")
 
     async def main() -> None:
+        for _ in range(3):
+            assert await counted.acall(ok) == "ok"
         for _ in range(2):
             with pytest.raises(ConnectionError):
-                await pipeline.acall(boom)
+                await guarded.acall(boom)
         with pytest.raises(CircuitOpenError):
-            await pipeline.acall(boom)
+            await guarded.acall(boom)
 
     run(main)
+    assert throttle.counts(clock.monotonic()) == (3, 3)
     assert breaker.state.value == "open"
-    assert throttle.counts(clock.monotonic()) == (2, 0)
     assert limit.inflight == 0
