@@ -232,11 +232,11 @@ def test_breaker_throttle_and_limit_count_outcomes_under_trio() -> None:
     guarded = Pipeline(breaker, limit, clock=clock)
 
     async def ok() -> str:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return "ok"
 
     async def boom() -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         raise ConnectionError("down")
 
     async def main() -> None:
