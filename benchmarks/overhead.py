@@ -12,7 +12,8 @@ One run measures, in four worker processes of this same script:
 - the peers: tenacity, pybreaker, limits and a semaphore (what a Python user assembles
   today), nopanic and pyresilience. Each peer runs at its cheapest documented call form
   (a decorator applied once, or an instance built once); ours runs ``Pipeline.call`` /
-  ``Pipeline.acall``.
+  ``Pipeline.acall``, and for the rows marked "as a decorator" the same decorated form the
+  peers get (``Pipeline(...)(noop)``, called through the same thunk).
 
 Rounds are interleaved: each round asks every worker in turn for one pass over all its cases,
 and the order rotates from round to round, so that a noisy moment on this shared machine hits
@@ -70,6 +71,10 @@ RATE_LIMIT = "RateLimit (limits moving window, memory)"
 PIPELINE_TRB = "Pipeline: Timeout+Retry+Bulkhead"
 FULL_RATE_LIMIT = "Full: T+R+CB+RateLimit(memory)+B"
 FULL = "Full pipeline: T+R+CB+TokenBucket+B"
+RETRY_DECORATED = "Retry, as a decorator"
+FULL_DECORATED = "Full pipeline, as a decorator"
+DECORATED = {RETRY_DECORATED, FULL_DECORATED}
+"""Rows whose pipeline decorates the no-op once (``p(noop)``), the call form the peers use."""
 
 TENACITY = "peer: tenacity retry"
 PYBREAKER = "peer: pybreaker"
@@ -115,6 +120,11 @@ OUR_ROWS: list[tuple[str, Callable[[Any], list[Any]]]] = [
         FULL,
         lambda r: [r.Timeout(10), r.Retry(3), r.CircuitBreaker(), r.TokenBucket(1e9, 1_000_000), r.Bulkhead(1000)],
     ),
+    (RETRY_DECORATED, lambda r: [r.Retry(3)]),
+    (
+        FULL_DECORATED,
+        lambda r: [r.Timeout(10), r.Retry(3), r.CircuitBreaker(), r.TokenBucket(1e9, 1_000_000), r.Bulkhead(1000)],
+    ),
 ]
 
 PEER_ROWS = [
@@ -144,6 +154,8 @@ COMPARED_WITH: dict[str, list[str]] = {
     PIPELINE_TRB: [TENACITY_STACK],
     FULL_RATE_LIMIT: [TENACITY_STACK_LIMITS],
     FULL: [TENACITY_STACK_LIMITS, NOPANIC_STACK, PYRES_STACK],
+    RETRY_DECORATED: [NOPANIC_RETRY],
+    FULL_DECORATED: [TENACITY_STACK_LIMITS, NOPANIC_STACK],
 }
 
 # The issue's goals: (label, our row, peer row, the largest ratio of added µs allowed).
@@ -151,6 +163,9 @@ GOALS = [
     ("(a)", FULL, TENACITY_STACK_LIMITS, 0.05),
     ("(b)", FULL, NOPANIC_STACK, 0.5),
     ("(c)", RETRY, NOPANIC_RETRY, 1.5),
+    ("(a)", FULL_DECORATED, TENACITY_STACK_LIMITS, 0.05),
+    ("(b)", FULL_DECORATED, NOPANIC_STACK, 0.5),
+    ("(c)", RETRY_DECORATED, NOPANIC_RETRY, 1.5),
 ]
 
 
@@ -180,8 +195,12 @@ def build_ours(r: Any, na: dict[str, str]) -> tuple[dict[str, SyncCase], dict[st
             na[name] = describe(exc)
             continue
         built += [sync_pipeline, async_pipeline]
-        sync_cases[name] = lambda p=sync_pipeline: p.call(noop)
-        async_cases[name] = lambda p=async_pipeline: p.acall(anoop)
+        if name in DECORATED:
+            sync_cases[name] = thunk(sync_pipeline(noop))
+            async_cases[name] = thunk(async_pipeline(anoop))
+        else:
+            sync_cases[name] = lambda p=sync_pipeline: p.call(noop)
+            async_cases[name] = lambda p=async_pipeline: p.acall(anoop)
     return sync_cases, async_cases, built
 
 
