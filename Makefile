@@ -37,6 +37,7 @@ demo: venv
 	$(PY) -m resilience.cli demo
 
 bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/overhead.py
 
 clean:
