@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from resilience import CallContext, Pipeline, RateLimitedError
 
 
@@ -42,11 +44,22 @@ class Script:
         return outcome
 
 
+MODES = ["sync", "async", "trio"]
+"""The three ways a pipeline is driven: sync, under asyncio, under trio."""
+
+
+def run_async(mode: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``await fn(*args)`` under asyncio (``mode == "async"``) or trio (``"trio"``)."""
+    if mode == "trio":
+        return trio.run(fn, *args)
+    return asyncio.run(fn(*args))
+
+
 def run(mode: str, pipeline: Pipeline, script: Script) -> Any:
-    """Call ``script`` through ``pipeline`` in ``mode`` ("sync" or "async")."""
+    """Call ``script`` through ``pipeline`` in ``mode`` ("sync", "async" or "trio")."""
     if mode == "sync":
         return pipeline.call(script)
-    return asyncio.run(pipeline.acall(script.acall))
+    return run_async(mode, pipeline.acall, script.acall)
 
 
 def run_ctx(mode: str, pipeline: Pipeline, fn: Callable[[CallContext], Any], ctx: CallContext) -> Any:
@@ -57,7 +70,7 @@ def run_ctx(mode: str, pipeline: Pipeline, fn: Callable[[CallContext], Any], ctx
     async def afn(c: CallContext) -> Any:
         return fn(c)
 
-    return asyncio.run(pipeline.aexecute(afn, ctx))
+    return run_async(mode, pipeline.aexecute, afn, ctx)
 
 
 def call(mode: str, pipeline: Pipeline, ctx: CallContext | None = None) -> Any:

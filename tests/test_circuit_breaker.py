@@ -702,6 +702,12 @@ async def test_sync_and_async_executors_walk_the_same_states() -> None:
     assert ("half_open", "closed", "probes_succeeded") in sync[1]
 
 
+def test_the_async_executor_walks_the_same_states_under_trio() -> None:
+    import trio
+
+    assert trio.run(run_async, SCRIPT) == run_sync(SCRIPT)
+
+
 def test_one_breaker_serves_sync_and_async_pipelines_at_once(clock: FakeClock) -> None:
     breaker = CircuitBreaker(failure_threshold=2, clock=clock)
     p = Pipeline(breaker, clock=clock)

@@ -409,7 +409,7 @@ def test_defaults() -> None:
 
 # -- every way a call ends releases its permit ---------------------------------------------
 
-MODES = ["sync", "async"]
+MODES = ["sync", "async", "trio"]
 
 
 class Broken(Exception):

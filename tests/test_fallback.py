@@ -8,7 +8,7 @@ from resilience import Event, FakeClock, Fallback, FallbackInput, FallbackUsed, 
 
 from .helpers import Script, run
 
-MODES = ["sync", "async"]
+MODES = ["sync", "async", "trio"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -56,7 +56,7 @@ def lclock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 # -- decisions, on the memory storage with fake time ---------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_moving_window_rejects_with_the_time_until_the_oldest_permit_expires(mode: str, lclock: FakeClock) -> None:
     pipeline = Pipeline(RateLimit("4/second", strategy="moving-window"), clock=lclock)
     for _ in range(4):
@@ -70,7 +70,7 @@ def test_moving_window_rejects_with_the_time_until_the_oldest_permit_expires(mod
     assert outcome(mode, pipeline) == "ok"
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_fixed_window_rejects_until_the_window_ends(mode: str, lclock: FakeClock) -> None:
     pipeline = Pipeline(RateLimit((3, 2), strategy="fixed-window"), clock=lclock)
     assert [outcome(mode, pipeline) for _ in range(3)] == ["ok"] * 3
@@ -80,7 +80,7 @@ def test_fixed_window_rejects_until_the_window_ends(mode: str, lclock: FakeClock
     assert outcome(mode, pipeline) == "ok"
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_sliding_window_counter_weights_the_previous_window(mode: str, lclock: FakeClock) -> None:
     lclock.advance(1_000_000 - lclock.wall() % 1_000_000 + 2.5)  # 2.5 s into a 10 s window
     assert lclock.wall() % 10 == 2.5
@@ -92,7 +92,7 @@ def test_sliding_window_counter_weights_the_previous_window(mode: str, lclock: F
     assert isinstance(outcome(mode, pipeline), float)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_wait_mode_sleeps_until_the_next_permit(mode: str, lclock: FakeClock) -> None:
     seen: list[Event] = []
     pipeline = Pipeline(RateLimit("2/second", mode="wait"), clock=lclock, listeners=[seen.append])
@@ -104,7 +104,7 @@ def test_wait_mode_sleeps_until_the_next_permit(mode: str, lclock: FakeClock) ->
     assert not any(isinstance(e, RateLimitRejected) for e in seen)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_wait_mode_rejects_at_once_past_max_wait_or_deadline(mode: str, lclock: FakeClock) -> None:
     seen: list[Event] = []
     limit = RateLimit("2/second", mode="wait", max_wait=0.5)
@@ -128,7 +128,7 @@ def test_wait_mode_rejects_at_once_past_max_wait_or_deadline(mode: str, lclock: 
     assert lclock.sleeps[0] == pytest.approx(0.375, abs=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_keys_from_the_context(mode: str, lclock: FakeClock) -> None:
     limit = RateLimit("1/second", key="{service}:{method}:{tenant}")
     pipeline = Pipeline(limit, clock=lclock)
@@ -216,7 +216,7 @@ class FlakyStorage(limits.storage.MemoryStorage):
         return super().get_moving_window(key, limit, expiry)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_fail_open_admits_logs_once_and_rechecks_later(
     mode: str, lclock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -240,7 +240,7 @@ def test_fail_open_admits_logs_once_and_rechecks_later(
     assert states == [(False, "ConnectionError"), (True, "NoneType")]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_fail_closed_rejects_while_the_storage_is_down(mode: str, lclock: FakeClock) -> None:
     storage = FlakyStorage()
     seen: list[Event] = []
@@ -505,7 +505,7 @@ def test_options_are_frozen_validated_and_accepted_whole() -> None:
         limit.reconfigure(object())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_reconfigure_keeps_the_counts_of_an_unchanged_rate_and_strategy(mode: str, lclock: FakeClock) -> None:
     limit = RateLimit("2/second")
     pipeline = Pipeline(limit, clock=lclock)

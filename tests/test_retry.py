@@ -24,7 +24,7 @@ from resilience import (
 
 from .helpers import Script, run, run_ctx
 
-MODES = ["sync", "async"]
+MODES = ["sync", "async", "trio"]
 
 
 @pytest.mark.parametrize("mode", MODES)

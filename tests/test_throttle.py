@@ -152,7 +152,7 @@ def test_no_draw_and_no_rejection_while_the_backend_accepts(clock: FakeClock) ->
         assert run("sync", pipeline, "ok") == "ok"
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_a_failing_backend_gets_throttled_and_recovers_after_the_window(mode: str, clock: FakeClock) -> None:
     seen: list[Event] = []
     throttle = AdaptiveThrottle(k=2.0, rng=random.Random(7))
@@ -195,7 +195,7 @@ def test_window_expires_bucket_by_bucket() -> None:
     assert throttle.counts(1000.0) == (3, 3)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_what_counts_as_accepted(mode: str, clock: FakeClock) -> None:
     throttle = AdaptiveThrottle(rng=NeverRejects())
     pipeline = Pipeline(throttle, clock=clock, classifier=HttpLike())
@@ -397,7 +397,7 @@ class RaisingClassifier(HttpLike):
         raise LookupError("classifier bug")
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_a_raising_classifier_takes_the_request_back(mode: str, clock: FakeClock) -> None:
     throttle = AdaptiveThrottle(rng=NeverRejects())
     pipeline = Pipeline(throttle, clock=clock, classifier=RaisingClassifier())

@@ -26,7 +26,7 @@ from .test_release_paths import ManualClock
 # Rates whose interval is a power of two make the GCRA arithmetic exact in floats.
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_burst_then_steady_rate_with_exact_retry_after(mode: str, clock: FakeClock) -> None:
     pipeline = Pipeline(TokenBucket(4.0, burst=3), clock=clock)
     assert [outcome(mode, pipeline) for _ in range(4)] == ["ok", "ok", "ok", 0.25]
@@ -61,7 +61,7 @@ def test_reservations_queue_waiters_in_order() -> None:
     assert bucket.take(1.0, None, 0.3) == 0.25
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_wait_mode_sleeps_on_the_clock_until_the_token_is_due(mode: str, clock: FakeClock) -> None:
     seen: list[Event] = []
     pipeline = Pipeline(TokenBucket(4.0, burst=2, mode="wait"), clock=clock, listeners=[seen.append])
@@ -72,7 +72,7 @@ def test_wait_mode_sleeps_on_the_clock_until_the_token_is_due(mode: str, clock: 
     assert [e.delay for e in seen if isinstance(e, RateLimitWaited)] == [0.25, 0.25, 0.25]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_wait_beyond_max_wait_or_deadline_rejects_at_once(mode: str, clock: FakeClock) -> None:
     seen: list[Event] = []
     pipeline = Pipeline(TokenBucket(2.0, burst=1, mode="wait", max_wait=0.4), clock=clock, listeners=[seen.append])
@@ -95,7 +95,7 @@ def test_wait_beyond_max_wait_or_deadline_rejects_at_once(mode: str, clock: Fake
     assert call(mode, pipeline, late) == "ok"
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_rejection_error_and_event(mode: str, clock: FakeClock) -> None:
     seen: list[Event] = []
     pipeline = Pipeline(TokenBucket(1.0, name="tb"), clock=clock, listeners=[seen.append])
@@ -116,7 +116,7 @@ def test_float_rounding_never_rejects_a_due_token(clock: FakeClock) -> None:
     assert isinstance(outcome("sync", pipeline), float)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_keys_from_service_method_and_tags(mode: str, clock: FakeClock) -> None:
     pipeline = Pipeline(TokenBucket(1.0, key="{service}:{method}:{tenant}"), clock=clock)
 
@@ -455,7 +455,7 @@ def test_a_smaller_max_keys_drops_idle_buckets_at_once(clock: FakeClock) -> None
     assert all(bucket.take(0.0, f"busy{i}") == 1.0 for i in range(10))
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_reconfigure_applies_to_the_next_calls(mode: str, clock: FakeClock) -> None:
     bucket = TokenBucket(1.0, burst=1, clock=clock)
     pipeline = Pipeline(bucket, clock=clock)
