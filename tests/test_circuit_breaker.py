@@ -21,6 +21,7 @@ from resilience.permit import Rejection
 from resilience.pipeline import Pipeline
 from resilience.policies.circuit_breaker import (
     CircuitBreaker,
+    CircuitBreakerOptions,
     CircuitRejected,
     CircuitState,
     CircuitStateChanged,
@@ -750,3 +751,83 @@ def test_memory_is_bounded_by_the_window() -> None:
     for i in range(10_000):
         tw.record(True, True, i * 0.001)
     assert len(tw._calls) == 4
+
+
+# -- options and reconfigure ------------------------------------------------------------------------
+
+
+def _fail(breaker: CircuitBreaker, now: float) -> None:
+    breaker.release(breaker.acquire(None, now), Outcome.FAILURE, 0.0, now)
+
+
+def test_reconfigure_keeps_an_open_breaker_open_with_the_rest_of_its_break() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, break_duration=30)
+    _fail(breaker, 0.0)
+    _fail(breaker, 0.0)
+    assert breaker.state is OPEN
+    breaker.reconfigure(breaker.options.replace(failure_threshold=5, break_duration=10))
+    assert breaker.state is OPEN
+    assert breaker.metrics(5.0).retry_after == pytest.approx(25.0)  # the break it started with
+    rejection = breaker.acquire(None, 5.0)
+    assert isinstance(rejection, Rejection) and rejection.reason == "open"
+
+
+def test_reconfigure_keeps_the_consecutive_count_and_applies_the_new_threshold() -> None:
+    breaker = CircuitBreaker(failure_threshold=3)
+    _fail(breaker, 0.0)
+    _fail(breaker, 0.0)
+    breaker.reconfigure(breaker.options.replace(failure_threshold=4))
+    assert breaker.metrics(0.0).consecutive_failures == 2
+    _fail(breaker, 0.0)
+    assert breaker.state is CLOSED  # 3 < 4
+    _fail(breaker, 0.0)
+    assert breaker.state is OPEN
+
+
+def test_reconfigure_keeps_the_window_of_the_same_shape_and_empties_another() -> None:
+    breaker = CircuitBreaker(window_size=10, minimum_calls=10, failure_rate=0.5)
+    for _ in range(4):
+        _fail(breaker, 0.0)
+    breaker.reconfigure(breaker.options.replace(failure_rate=0.9))
+    assert breaker.metrics(0.0).calls == 4  # same window: counts kept
+    stale = breaker.acquire(None, 0.0)
+    breaker.reconfigure(breaker.options.replace(window_size=20, minimum_calls=10))
+    assert breaker.metrics(0.0).calls == 0  # another shape: a new window
+    breaker.release(stale, Outcome.FAILURE, 0.0, 0.0)  # admitted before the change: not counted
+    assert breaker.metrics(0.0).calls == 0
+
+
+def test_reconfigure_to_a_time_window_makes_the_breaker_read_the_clock() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, clock=clock)
+    assert breaker.clocked is False
+    breaker.reconfigure(CircuitBreakerOptions(window_duration=10, minimum_calls=2, failure_rate=0.5))
+    assert breaker.clocked is True
+    p = Pipeline(breaker, clock=clock)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            p.call(boom)
+    assert breaker.state is OPEN
+
+
+def test_breaker_options_are_frozen_checked_and_typed() -> None:
+    options = CircuitBreakerOptions(failure_threshold=3)
+    with pytest.raises(AttributeError):
+        options.failure_threshold = 4  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"failure_threshold must be in \[1, 1000000\], got 0"):
+        options.replace(failure_threshold=0)
+    with pytest.raises(TypeError, match=r"CircuitBreaker\.reconfigure needs CircuitBreakerOptions"):
+        CircuitBreaker().reconfigure(object())  # type: ignore[arg-type]
+    assert CircuitBreaker(options=options).options is options
+    with pytest.raises(TypeError, match="options must be CircuitBreakerOptions"):
+        CircuitBreaker(options=object())  # type: ignore[arg-type]
+
+
+def test_a_half_open_probe_survives_a_reconfigure() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, break_duration=1, success_threshold=1)
+    _fail(breaker, 0.0)
+    probe = breaker.acquire(None, 1.0)
+    assert breaker.state is HALF_OPEN
+    breaker.reconfigure(breaker.options.replace(break_duration=5))
+    breaker.release(probe, Outcome.SUCCESS, 0.0, 1.0)
+    assert breaker.state is CLOSED
