@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ...context import CallContext
 from ...events import Event, emit
 from ...outcome import Outcome
+from ...permit import READY
 
 if TYPE_CHECKING:
     from .policy import Hedge
@@ -167,7 +168,8 @@ class Race:
                 return None
         if not self._reserve():
             return None
-        if policy.budget is not None and not policy.budget.try_withdraw(now):
+        # The budget is a gate of the permit protocol: a hedge is one withdrawal (its release is a no-op).
+        if policy.budget is not None and policy.budget.acquire(self.ctx, now).kind != READY:
             self._unreserve()
             return None
         self.launched += 1
