@@ -77,7 +77,7 @@ class Ticket(Permit):
     :meth:`attach`; the policy calls :meth:`wake` after granting, outside its lock.
     """
 
-    __slots__ = ("_gate", "_lock", "_waker", "granted", "max_wait")
+    __slots__ = ("_lock", "_waker", "granted", "max_wait")
 
     kind: ClassVar[int] = QUEUED
 
@@ -85,7 +85,6 @@ class Ticket(Permit):
         self._lock = lock
         self.granted = False
         self.max_wait = max_wait
-        self._gate: threading.Lock | None = None
         self._waker: Callable[[], object] | None = None
 
     def wake(self) -> None:
@@ -106,7 +105,6 @@ class Ticket(Permit):
         """Block the calling thread until woken or ``timeout`` seconds passed (``inf``: no limit)."""
         gate = threading.Lock()
         gate.acquire()
-        self._gate = gate
         if not self.attach(gate.release):
             return
         gate.acquire(timeout=-1 if timeout == float("inf") else max(0.0, min(timeout, threading.TIMEOUT_MAX)))
