@@ -476,21 +476,21 @@ async def test_without_a_deadline_the_users_timeout_is_kept(make: Callable[..., 
 
 
 async def test_a_slow_server_times_out_at_the_deadline(make: Callable[..., Harness], server: HttpServer) -> None:
-    server.default = Reply(delay=0.3)
+    server.default = Reply(delay=1.0)
     client = make()
     start = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         await client.get(server.url, extensions={"resilience": {"timeout": 0.05}})
-    assert time.monotonic() - start < 0.25
+    assert time.monotonic() - start < 0.8  # cut at 0.05 s, long before the server's 1 s
 
 
 async def test_a_timeout_policy_bounds_the_call(make: Callable[..., Harness], server: HttpServer) -> None:
-    server.default = Reply(delay=0.3)
+    server.default = Reply(delay=1.0)
     client = make(pipeline=Pipeline(Timeout(0.05)))
     start = time.monotonic()
     with pytest.raises(DeadlineExceededError):
         await client.get(server.url)
-    assert time.monotonic() - start < 0.25
+    assert time.monotonic() - start < 0.8  # cut at 0.05 s, long before the server's 1 s
 
 
 async def test_a_passed_deadline_sends_nothing(make: Callable[..., Harness], server: HttpServer) -> None:
@@ -893,10 +893,8 @@ async def test_a_hedged_get_goes_to_another_endpoint(make: Callable[..., Harness
     discovery = StaticDiscovery({"orders": [s.address for s in servers[:2]]})
     client = make(pipeline=Pipeline(hedge, spy), discovery=discovery)
     try:
-        start = time.monotonic()
         response = await client.get("http://orders/")
-        assert response.text == "server-1"
-        assert time.monotonic() - start < 0.25
+        assert response.text == "server-1"  # the hedge answered: the primary's server is slow
         assert [c.hedge for c in spy.contexts] == [0, 1]
         assert spy.contexts[1].endpoint == servers[1].address
         assert spy.contexts[0].tried == [servers[0].address, servers[1].address]  # the winner's, copied back

@@ -424,7 +424,7 @@ async def _aint() -> int:
 def test_four_processes_share_a_redis_limit_of_100_per_second(redis_server: RedisServer) -> None:
     name = f"mp-{uuid.uuid4().hex}"
     duration = 5.0
-    start_at = time.time() + 2.0  # time for the workers to import and connect (~0.2 s each when idle)
+    start_at = time.time() + 4.0  # for the workers to import and connect: ~0.2 s idle, far more when loaded
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     worker = str(Path(__file__).with_name("_rate_limit_worker.py"))
     procs = [
@@ -449,7 +449,7 @@ def test_four_processes_share_a_redis_limit_of_100_per_second(redis_server: Redi
                 proc.kill()
                 proc.wait(5)
     # a worker that starts late still shares the limit for most of the run; the total is what counts
-    assert all(r["late"] < 1.0 for r in results), results
+    assert all(r["late"] < 2.0 for r in results), results
     admitted = sum(r["admitted"] for r in results)
     assert all(r["admitted"] > 0 and r["rejected"] > 0 for r in results), results
     print(f"4 processes admitted {admitted}: {results}")
