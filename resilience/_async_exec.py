@@ -8,6 +8,7 @@ was granted in the same loop turn) and still raises its cancellation, never a re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _aio
@@ -20,7 +21,7 @@ from .policy import AsyncNext
 if TYPE_CHECKING:
     from .policies.retry import Retry, RetryOptions
 
-__all__ = ["admit_async", "gate_async", "retry_async"]
+__all__ = ["admit_async", "gate_async", "gates_async", "retry_async"]
 
 _IGNORED = Outcome.IGNORED
 _SUCCESS = Outcome.SUCCESS
@@ -251,3 +252,72 @@ async def _retry_loop_async(
             error = exc
         else:
             error = None
+
+
+# -- several gates in one frame (see resilience._sync_exec.gates_sync) ------------------------
+
+_EXEC_GLOBALS: dict[str, Any] = {
+    "admit_async": admit_async,
+    "_release_after_error": _release_after_error,
+    "_release_after_result": _release_after_result,
+    "SUCCESS": _SUCCESS,
+}
+_GENERATED: dict[tuple[bool, ...], Callable[..., AsyncNext]] = {}
+
+
+def _generate(io: tuple[bool, ...]) -> Callable[..., AsyncNext]:
+    n = len(io)
+    params = ", ".join(f"g{i}, a{i}, r{i}" for i in range(n))
+    lines = [f"def make(next, {params}):", "    async def gates_async(ctx):"]
+    ind = " " * 8
+    for i in range(n):
+        call = f"await a{i}(ctx, s{i})" if io[i] else f"a{i}(ctx, s{i})"
+        lines += [
+            f"{ind}c{i} = g{i}.clocked",
+            f"{ind}s{i} = ctx.clock.monotonic() if c{i} else 0.0",
+            f"{ind}p{i} = {call}",
+            f"{ind}if p{i}.kind:",
+            f"{ind}    p{i} = await admit_async(g{i}, ctx, p{i})",
+            f"{ind}    s{i} = ctx.clock.monotonic()",
+            f"{ind}    c{i} = True",
+            f"{ind}try:",
+        ]
+        ind += "    "
+    lines.append(f"{ind}result = await next(ctx)")
+    for i in reversed(range(n)):
+        ind = ind[:-4]
+        lines += [
+            f"{ind}except BaseException as exc:",
+            f"{ind}    _release_after_error(g{i}, ctx, p{i}, exc, s{i})",
+            f"{ind}    raise",
+            f"{ind}if g{i}.judges_results or ctx.classifier.checks_results:",
+            f"{ind}    await _release_after_result(g{i}, ctx, p{i}, result, s{i})",
+            f"{ind}elif c{i}:",
+            f"{ind}    now = ctx.clock.monotonic()",
+            f"{ind}    r{i}(p{i}, SUCCESS, now - s{i}, now, ctx)",
+            f"{ind}elif not g{i}.quiet_success:",
+            f"{ind}    r{i}(p{i}, SUCCESS, 0.0, 0.0, ctx)",
+        ]
+    lines += [f"{ind}return result", "    return gates_async"]
+    namespace = dict(_EXEC_GLOBALS)
+    exec(compile("\n".join(lines), f"<resilience gates_async x{n}>", "exec"), namespace)
+    make: Callable[..., AsyncNext] = namespace["make"]
+    return make
+
+
+def gates_async(gates: Sequence[Gate], next: AsyncNext) -> AsyncNext:
+    """One async step running ``next`` under ``gates``, the first outermost: ``gate_async``
+    nested once per gate, in one frame."""
+    if len(gates) == 1:
+        return gate_async(gates[0], next)
+    io = tuple(getattr(g, "aacquire", None) is not None for g in gates)
+    make = _GENERATED.get(io)
+    if make is None:
+        make = _GENERATED[io] = _generate(io)
+    args: list[Any] = []
+    for gate in gates:
+        aacquire = getattr(gate, "aacquire", None)
+        args += [gate, aacquire if aacquire is not None else gate.acquire, gate.release]
+    step = make(next, *args)
+    step.__name__ = "_".join(type(g).__name__.lower() for g in gates) + "_async"
+    return step

@@ -8,6 +8,7 @@ raised into the waiting thread, such as ``KeyboardInterrupt`` from a signal hand
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context import CallContext
@@ -18,7 +19,7 @@ from .policy import SyncNext
 if TYPE_CHECKING:
     from .policies.retry import Retry, RetryOptions
 
-__all__ = ["gate_sync", "retry_sync", "wait_limit"]
+__all__ = ["gate_sync", "gates_sync", "retry_sync", "wait_limit"]
 
 _IGNORED = Outcome.IGNORED
 _SUCCESS = Outcome.SUCCESS
@@ -235,3 +236,74 @@ def _retry_loop_sync(
             error = exc
         else:
             error = None
+
+
+# -- several gates in one frame ---------------------------------------------------------------
+#
+# A pipeline's consecutive gates (a breaker, a limit, a bulkhead...) run in one generated
+# function instead of one executor frame each: the nested ``try`` blocks of that function are
+# exactly the nesting of ``gate_sync`` calls (a gate's release sees the error that came out of
+# the gates inside it, a judgement that raises reaches the gates outside as an error), but
+# without a call per gate. The code is generated once per number of gates.
+
+_EXEC_GLOBALS: dict[str, Any] = {
+    "admit_sync": admit_sync,
+    "_release_after_error": _release_after_error,
+    "_release_after_result": _release_after_result,
+    "SUCCESS": _SUCCESS,
+}
+_GENERATED: dict[int, Callable[..., SyncNext]] = {}
+
+
+def _generate(n: int) -> Callable[..., SyncNext]:
+    params = ", ".join(f"g{i}, a{i}, r{i}" for i in range(n))
+    lines = [f"def make(next, {params}):", "    def gates_sync(ctx):"]
+    ind = " " * 8
+    for i in range(n):
+        lines += [
+            f"{ind}c{i} = g{i}.clocked",
+            f"{ind}s{i} = ctx.clock.monotonic() if c{i} else 0.0",
+            f"{ind}p{i} = a{i}(ctx, s{i})",
+            f"{ind}if p{i}.kind:",
+            f"{ind}    p{i} = admit_sync(g{i}, ctx, p{i})",
+            f"{ind}    s{i} = ctx.clock.monotonic()",
+            f"{ind}    c{i} = True",
+            f"{ind}try:",
+        ]
+        ind += "    "
+    lines.append(f"{ind}result = next(ctx)")
+    for i in reversed(range(n)):
+        ind = ind[:-4]
+        lines += [
+            f"{ind}except BaseException as exc:",
+            f"{ind}    _release_after_error(g{i}, ctx, p{i}, exc, s{i})",
+            f"{ind}    raise",
+            f"{ind}if g{i}.judges_results or ctx.classifier.checks_results:",
+            f"{ind}    _release_after_result(g{i}, ctx, p{i}, result, s{i})",
+            f"{ind}elif c{i}:",
+            f"{ind}    now = ctx.clock.monotonic()",
+            f"{ind}    r{i}(p{i}, SUCCESS, now - s{i}, now, ctx)",
+            f"{ind}elif not g{i}.quiet_success:",
+            f"{ind}    r{i}(p{i}, SUCCESS, 0.0, 0.0, ctx)",
+        ]
+    lines += [f"{ind}return result", "    return gates_sync"]
+    namespace = dict(_EXEC_GLOBALS)
+    exec(compile("\n".join(lines), f"<resilience gates_sync x{n}>", "exec"), namespace)
+    make: Callable[..., SyncNext] = namespace["make"]
+    return make
+
+
+def gates_sync(gates: Sequence[Gate], next: SyncNext) -> SyncNext:
+    """One sync step running ``next`` under ``gates``, the first outermost: ``gate_sync``
+    nested once per gate, in one frame."""
+    if len(gates) == 1:
+        return gate_sync(gates[0], next)
+    make = _GENERATED.get(len(gates))
+    if make is None:
+        make = _GENERATED[len(gates)] = _generate(len(gates))
+    args: list[Any] = []
+    for gate in gates:
+        args += [gate, gate.acquire, gate.release]
+    step = make(next, *args)
+    step.__name__ = "_".join(type(g).__name__.lower() for g in gates) + "_sync"
+    return step

@@ -28,6 +28,7 @@ from .outcome import Outcome
 if TYPE_CHECKING:
     from .context import CallContext
     from .errors import RejectedError
+    from .policy import AsyncNext, SyncNext
 
 __all__ = ["Gate", "Permit", "Rejection"]
 
@@ -209,3 +210,16 @@ class GateMixin:
 
     def waiting(self, ctx: CallContext, rejection: Rejection, delay: float) -> None:
         return None
+
+    # A gate in a pipeline: the shared executors run it. A pipeline runs consecutive gates
+    # that keep these two methods in one frame (``gates_sync``/``gates_async``).
+
+    def wrap(self, next: SyncNext) -> SyncNext:
+        from ._sync_exec import gate_sync
+
+        return gate_sync(self, next)  # type: ignore[arg-type]
+
+    def wrap_async(self, next: AsyncNext) -> AsyncNext:
+        from ._async_exec import gate_async
+
+        return gate_async(self, next)  # type: ignore[arg-type]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from ._async_exec import gates_async
+from ._sync_exec import gates_sync
 from .clock import SYSTEM_CLOCK, Clock
 from .context import CallContext
 from .events import Listener
 from .outcome import DEFAULT_CLASSIFIER, Classifier
+from .permit import Gate, GateMixin
 from .policy import AsyncNext, Policy, SyncNext
 
 __all__ = ["Pipeline"]
@@ -20,6 +23,18 @@ T = TypeVar("T")
 
 
 _new = object.__new__
+
+
+def _plain_gate(policy: Policy) -> bool:
+    """A gate run by the shared executors as it is (its class keeps GateMixin's wraps)."""
+    cls = type(policy)
+    return cls.wrap is GateMixin.wrap and cls.wrap_async is GateMixin.wrap_async  # type: ignore[comparison-overlap]
+
+
+def _gates(run: list[Policy], sync_next: SyncNext, async_next: AsyncNext) -> tuple[SyncNext, AsyncNext]:
+    """Consecutive gates (``run`` innermost first) as one step each way."""
+    gates = [cast(Gate, p) for p in reversed(run)]
+    return gates_sync(gates, sync_next), gates_async(gates, async_next)
 
 
 def _invoke(ctx: CallContext) -> Any:
@@ -89,9 +104,18 @@ class Pipeline:
         self._context_type = CallContext.for_pipeline(service, method, clock, classifier, self.listeners)
         sync_chain: SyncNext = _invoke
         async_chain: AsyncNext = _invoke
+        run: list[Policy] = []  # consecutive plain gates, innermost first
         for policy in reversed(policies):
+            if _plain_gate(policy):
+                run.append(policy)
+                continue
+            if run:
+                sync_chain, async_chain = _gates(run, sync_chain, async_chain)
+                run = []
             sync_chain = policy.wrap(sync_chain)
             async_chain = policy.wrap_async(async_chain)
+        if run:
+            sync_chain, async_chain = _gates(run, sync_chain, async_chain)
         self._sync_chain = sync_chain
         self._async_chain = async_chain
 

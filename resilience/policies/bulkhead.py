@@ -8,8 +8,6 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from .._async_exec import gate_async
-from .._sync_exec import gate_sync
 from .._validate import Seconds, as_seconds, integer, seconds
 from ..context import CallContext
 from ..errors import BulkheadFullError
@@ -17,7 +15,7 @@ from ..events import BulkheadRejected, emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import GateMixin, Permit, Rejection, Ticket
-from ..policy import AsyncNext, Policy, SyncNext
+from ..policy import Policy
 
 __all__ = ["Bulkhead", "BulkheadOptions"]
 
@@ -276,11 +274,6 @@ class Bulkhead(GateMixin, Reconfigurable[BulkheadOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     def __repr__(self) -> str:
         options = self._options

@@ -20,15 +20,13 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .._async_exec import gate_async
-from .._sync_exec import gate_sync
 from ..context import CallContext
 from ..errors import ConcurrencyLimitError
 from ..events import Event, Listener, emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import GateMixin, Permit, Rejection
-from ..policy import AsyncNext, Policy, SyncNext
+from ..policy import Policy
 from .limit_algorithms import AIMD, FixedLimit, Gradient2, LimitAlgorithm, LimitState, _algorithm
 
 __all__ = [
@@ -248,11 +246,6 @@ class ConcurrencyLimit(GateMixin, Reconfigurable[ConcurrencyLimitOptions], Polic
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     def __repr__(self) -> str:
         return f"ConcurrencyLimit({self._options.algorithm!r}, limit={self._state.limit})"

@@ -31,8 +31,6 @@ import limits.strategies
 from limits.errors import ConfigurationError, StorageError
 from limits.util import WindowStats
 
-from .._async_exec import gate_async
-from .._sync_exec import gate_sync
 from .._validate import Seconds, as_seconds, integer, seconds
 from ..context import CallContext
 from ..errors import RateLimitedError
@@ -40,7 +38,7 @@ from ..events import Event, emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import GateMixin, Permit, Rejection
-from ..policy import AsyncNext, Policy, SyncNext
+from ..policy import Policy
 from .rate_keys import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
 from .rate_keys import rejection as _rate_limited
 
@@ -525,11 +523,6 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     # -- introspection and cleanup ----------------------------------------------------------
 

@@ -21,8 +21,6 @@ import random
 import threading
 from dataclasses import dataclass
 
-from .._async_exec import gate_async
-from .._sync_exec import gate_sync
 from .._validate import Seconds, as_seconds, integer, number, seconds
 from ..context import CallContext
 from ..errors import RejectedError, ThrottledError
@@ -30,7 +28,7 @@ from ..events import Event, emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import GateMixin, Permit, Rejection
-from ..policy import AsyncNext, Policy, SyncNext
+from ..policy import Policy
 
 __all__ = [
     "AdaptiveThrottle",
@@ -354,11 +352,6 @@ class AdaptiveThrottle(GateMixin, Reconfigurable[AdaptiveThrottleOptions], Polic
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     def __repr__(self) -> str:
         o = self._options

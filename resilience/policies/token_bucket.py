@@ -20,8 +20,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from .._async_exec import gate_async
-from .._sync_exec import gate_sync, wait_limit
+from .._sync_exec import wait_limit
 from .._validate import Seconds, as_seconds, integer, number, seconds
 from ..clock import SYSTEM_CLOCK, Clock
 from ..context import CallContext
@@ -30,7 +29,7 @@ from ..events import emit
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
 from ..permit import DELAYED, DelayedPermit, GateMixin, Permit, Rejection
-from ..policy import AsyncNext, Policy, SyncNext
+from ..policy import Policy
 from .rate_keys import KeyFunc, RateLimitRejected, RateLimitWaited, check_mode, compile_key
 from .rate_keys import rejection as _rate_limited
 
@@ -428,11 +427,6 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     def __repr__(self) -> str:
         options = self._options

@@ -12,8 +12,6 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..._async_exec import gate_async
-from ..._sync_exec import gate_sync
 from ..._validate import ErrorFilter, Seconds, as_seconds
 from ...clock import SYSTEM_CLOCK, Clock
 from ...context import CallContext
@@ -22,7 +20,7 @@ from ...events import Listener, emit
 from ...options import Reconfigurable
 from ...outcome import Outcome
 from ...permit import GateMixin, Permit, Rejection
-from ...policy import AsyncNext, Policy, SyncNext
+from ...policy import Policy
 from ..windows import CountWindow, TimeWindow
 from .options import CircuitBreakerOptions
 from .states import (
@@ -513,11 +511,6 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-    def wrap(self, next: SyncNext) -> SyncNext:
-        return gate_sync(self, next)
-
-    def wrap_async(self, next: AsyncNext) -> AsyncNext:
-        return gate_async(self, next)
 
     def __repr__(self) -> str:
         options = self._options
