@@ -55,6 +55,7 @@ import functools
 import ssl
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -244,6 +245,24 @@ class ResilientTransport(httpx.BaseTransport):
             transport.close()
         self._inner.close()
 
+    def __enter__(self) -> ResilientTransport:
+        """Enter the inner transport (its connection pool), as ``httpx.Client`` does on ``with``."""
+        self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Close the per-endpoint transports, and exit the inner one with the exception details."""
+        try:
+            for transport in self._router.shutdown():
+                transport.close()
+        finally:
+            self._inner.__exit__(exc_type, exc_value, traceback)
+
     def __repr__(self) -> str:
         return f"ResilientTransport({self._inner!r}, pipeline={self._router.default.pipeline!r})"
 
@@ -355,6 +374,25 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await transport.aclose()
         await self._close_retired()
         await self._inner.aclose()
+
+    async def __aenter__(self) -> AsyncResilientTransport:
+        """Enter the inner transport (its connection pool), as ``httpx.AsyncClient`` does on ``async with``."""
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Close the per-endpoint transports, and exit the inner one with the exception details."""
+        try:
+            for transport in self._router.shutdown():
+                await transport.aclose()
+            await self._close_retired()
+        finally:
+            await self._inner.__aexit__(exc_type, exc_value, traceback)
 
     def __repr__(self) -> str:
         return f"AsyncResilientTransport({self._inner!r}, pipeline={self._router.default.pipeline!r})"

@@ -957,3 +957,67 @@ def test_exports_are_complete() -> None:
         assert hasattr(module, name), name
     assert set(core.__all__) <= set(module.__all__)
     assert sorted(module.__all__) == sorted(set(module.__all__))
+
+
+# -- lifecycle (issue 9, item 1) ---------------------------------------------------------------------
+
+
+class _Entered(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Any] = []
+
+    def __enter__(self) -> _Entered:
+        self.calls.append("enter")
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.calls.append(("exit", exc_info[0]))
+        super().__exit__(*exc_info)
+
+
+class _AsyncEntered(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Any] = []
+
+    async def __aenter__(self) -> _AsyncEntered:
+        self.calls.append("enter")
+        return await super().__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.calls.append(("exit", exc_info[0]))
+        await super().__aexit__(*exc_info)
+
+
+def test_a_client_context_enters_and_exits_the_inner_transport(server: HttpServer) -> None:
+    inner = _Entered()
+    with httpx.Client(transport=ResilientTransport(inner)) as client:
+        assert client.get(server.url).status_code == 200
+        assert inner.calls == ["enter"]
+    assert inner.calls == ["enter", ("exit", None)]
+    inner = _Entered()
+    with pytest.raises(KeyError), httpx.Client(transport=ResilientTransport(inner)) as client:
+        client.get(server.url)
+        raise KeyError("boom")
+    assert inner.calls == ["enter", ("exit", KeyError)]  # the exception details are passed on
+
+
+async def test_an_async_client_context_enters_and_exits_the_inner_transport(server: HttpServer) -> None:
+    inner = _AsyncEntered()
+    async with httpx.AsyncClient(transport=AsyncResilientTransport(inner)) as client:
+        assert (await client.get(server.url)).status_code == 200
+        assert inner.calls == ["enter"]
+    assert inner.calls == ["enter", ("exit", None)]
+
+
+async def test_leaving_the_client_closes_the_endpoint_transports(servers: list[HttpServer]) -> None:
+    discovery = StaticDiscovery({"orders": [s.address for s in servers[:2]]})
+    async with httpx.AsyncClient(transport=AsyncResilientTransport(discovery=discovery)) as client:
+        for _ in range(2):
+            assert (await client.get("http://orders/")).status_code == 200
+        transport = client._transport
+        assert isinstance(transport, AsyncResilientTransport)
+        assert transport._router.addresses() == sorted(s.address for s in servers[:2])
+    assert transport._router.addresses() == []
+    assert servers[0].wait_connections(0) == 0
