@@ -997,9 +997,14 @@ def test_a_client_context_enters_and_exits_the_inner_transport(server: HttpServe
         assert inner.calls == ["enter"]
     assert inner.calls == ["enter", ("exit", None)]
     inner = _Entered()
-    with pytest.raises(KeyError), httpx.Client(transport=ResilientTransport(inner)) as client:
-        client.get(server.url)
-        raise KeyError("boom")
+
+    def fail_inside() -> None:
+        with httpx.Client(transport=ResilientTransport(inner)) as client:
+            client.get(server.url)
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        fail_inside()
     assert inner.calls == ["enter", ("exit", KeyError)]  # the exception details are passed on
 
 
