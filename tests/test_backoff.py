@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilience import Constant, DecorrelatedJitter, Exponential, ExponentialJitter
+from resilience import Constant, DecorrelatedJitter, Exponential, ExponentialJitter, ExponentialPlusJitter
 
 bases = st.floats(min_value=0.001, max_value=10.0)
 caps = st.floats(min_value=0.001, max_value=1000.0)
@@ -90,3 +90,39 @@ def test_constant() -> None:
 def test_invalid_backoff_options(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()  # type: ignore[operator]
+
+
+# -- base * 2^n + U(0, jitter), capped (tenacity's wait_exponential_jitter; issue 9, item 21) ---------
+
+
+@given(
+    st.floats(0.01, 10),
+    st.floats(0, 5),
+    st.floats(0, 100),
+    st.integers(1, 2000),
+    st.integers(0, 2**32),
+)
+def test_exponential_plus_jitter_stays_between_the_curve_and_the_cap(
+    base: float, jitter: float, extra: float, attempt: int, seed: int
+) -> None:
+    cap = base + extra
+    curve = Exponential(base, 2, cap).delay(attempt, 0.0, random.Random(seed))
+    delay = ExponentialPlusJitter(base, 2, cap, jitter).delay(attempt, 0.0, random.Random(seed))
+    assert curve <= delay <= min(cap, curve + jitter) + 1e-9
+
+
+def test_exponential_plus_jitter_follows_tenacitys_curve() -> None:
+    rng = random.Random(3)
+    backoff = ExponentialPlusJitter(1, 2, 60, jitter=1)
+    delays = [backoff.delay(n, 0.0, rng) for n in range(1, 9)]
+    floors = [1, 2, 4, 8, 16, 32, 60, 60]
+    assert all(f <= d <= min(60, f + 1) for f, d in zip(floors, delays, strict=True))
+    assert len({round(d - f, 6) for d, f in zip(delays[:6], floors[:6], strict=True)}) > 1  # the noise varies
+    assert delays[-1] == 60  # capped, noise included
+
+
+def test_exponential_plus_jitter_checks_its_options() -> None:
+    with pytest.raises(ValueError, match="jitter must be a finite number of seconds >= 0, got -1"):
+        ExponentialPlusJitter(jitter=-1)
+    with pytest.raises(ValueError, match="cap must be >= base"):
+        ExponentialPlusJitter(base=5, cap=1)

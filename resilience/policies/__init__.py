@@ -1,6 +1,6 @@
 """The policies, one per module (the circuit breaker and the hedge are packages of rooms)."""
 
-from .backoff import Backoff, Constant, DecorrelatedJitter, Exponential, ExponentialJitter
+from .backoff import Backoff, Constant, DecorrelatedJitter, Exponential, ExponentialJitter, ExponentialPlusJitter
 from .budget import RetryBudget, RetryBudgetOptions
 from .bulkhead import Bulkhead, BulkheadOptions
 from .circuit_breaker import (
@@ -59,6 +59,7 @@ __all__ = [
     "DecorrelatedJitter",
     "Exponential",
     "ExponentialJitter",
+    "ExponentialPlusJitter",
     "Fallback",
     "FallbackInput",
     "FallbackOptions",

@@ -12,7 +12,7 @@ from random import Random
 
 from .._validate import Seconds, number, seconds
 
-__all__ = ["Backoff", "Constant", "DecorrelatedJitter", "Exponential", "ExponentialJitter"]
+__all__ = ["Backoff", "Constant", "DecorrelatedJitter", "Exponential", "ExponentialJitter", "ExponentialPlusJitter"]
 
 
 class Backoff(ABC):
@@ -92,6 +92,38 @@ class ExponentialJitter(Exponential):
 
     def __repr__(self) -> str:
         return f"ExponentialJitter(base={self._base!r}, multiplier={self._multiplier!r}, cap={self._cap!r})"
+
+
+class ExponentialPlusJitter(Exponential):
+    """``base * multiplier ** (attempt - 1) + uniform(0, jitter)``, capped.
+
+    The curve of tenacity's ``wait_exponential_jitter``: the exponential delay plus up to
+    ``jitter`` seconds of noise, never more than ``cap``. Unlike full jitter
+    (:class:`ExponentialJitter`) a delay never drops below the exponential curve.
+
+    Args:
+        base: the first delay in seconds, > 0 (default 1, as tenacity's ``initial``).
+        multiplier: growth per attempt, >= 1 (default 2, tenacity's ``exp_base``).
+        cap: the largest delay in seconds, >= base (default 60, tenacity's ``max``).
+        jitter: the most noise added, in seconds, >= 0 (default 1).
+    """
+
+    __slots__ = ("_jitter",)
+
+    def __init__(
+        self, base: Seconds = 1.0, multiplier: float = 2.0, cap: Seconds = 60.0, jitter: Seconds = 1.0
+    ) -> None:
+        super().__init__(base, multiplier, cap)
+        self._jitter = seconds("jitter", jitter, allow_zero=True)
+
+    def delay(self, attempt: int, previous: float, rng: Random) -> float:
+        return min(self._cap, self._ceiling(attempt) + rng.random() * self._jitter)
+
+    def __repr__(self) -> str:
+        return (
+            f"ExponentialPlusJitter(base={self._base!r}, multiplier={self._multiplier!r}, cap={self._cap!r}, "
+            f"jitter={self._jitter!r})"
+        )
 
 
 class DecorrelatedJitter(Backoff):
