@@ -422,12 +422,23 @@ async def test_retry_after_http_date_sets_the_delay(make: Callable[..., Harness]
     assert clock.sleeps == [3.0]
 
 
-async def test_retry_after_is_clamped_by_max_pushback(make: Callable[..., Harness], server: HttpServer) -> None:
+async def test_a_retry_after_longer_than_max_pushback_ends_the_retries(
+    make: Callable[..., Harness], server: HttpServer
+) -> None:
     clock = FakeClock()
     server.script(Reply(503, headers={"Retry-After": "3600"}), 200)
     client = make(pipeline=retrying(clock, max_pushback=1.5))
+    assert (await client.get(server.url)).status_code == 503  # the server's answer, not an early retry
+    assert clock.sleeps == []
+    assert len(server.requests) == 1
+
+
+async def test_a_retry_after_within_max_pushback_is_honoured(make: Callable[..., Harness], server: HttpServer) -> None:
+    clock = FakeClock()
+    server.script(Reply(503, headers={"Retry-After": "1"}), 200)
+    client = make(pipeline=retrying(clock, max_pushback=1.5))
     assert (await client.get(server.url)).status_code == 200
-    assert clock.sleeps == [1.5]
+    assert clock.sleeps == [1.0]
 
 
 async def test_retry_after_past_the_deadline_fails_at_once(make: Callable[..., Harness], server: HttpServer) -> None:

@@ -133,8 +133,11 @@ def test_committed_calls_are_not_retried(mode: str, clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_server_pushback_sets_the_delay_and_is_clamped(mode: str, clock: FakeClock) -> None:
+def test_server_pushback_sets_the_delay_and_a_longer_one_than_allowed_ends_the_retries(
+    mode: str, clock: FakeClock
+) -> None:
     pushbacks = [2.5, 500.0]
+    gave_up: list[str] = []
 
     def fn(ctx: CallContext) -> str:
         if pushbacks:
@@ -142,9 +145,15 @@ def test_server_pushback_sets_the_delay_and_is_clamped(mode: str, clock: FakeClo
             raise ConnectionError("busy")
         return "ok"
 
-    pipeline = Pipeline(Retry(5, backoff=Constant(9), max_pushback=60), clock=clock)
-    assert run_ctx(mode, pipeline, fn, pipeline.context()) == "ok"
-    assert clock.sleeps == [2.5, 60.0]
+    pipeline = Pipeline(
+        Retry(5, backoff=Constant(9), max_pushback=60),
+        clock=clock,
+        listeners=[lambda e: gave_up.append(e.reason) if isinstance(e, RetryGaveUp) else None],
+    )
+    with pytest.raises(ConnectionError):  # 500 s asked, 60 s allowed: honoured or given up, never shortened
+        run_ctx(mode, pipeline, fn, pipeline.context())
+    assert clock.sleeps == [2.5]
+    assert gave_up == ["pushback_too_long"]
 
 
 @pytest.mark.parametrize("mode", MODES)

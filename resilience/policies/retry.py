@@ -44,7 +44,8 @@ class RetryOptions(Options):
             :class:`~resilience.ExponentialJitter` 0.1 s doubling to 10 s).
         retry_on: exception types, or a predicate, that may be retried (default: all).
         retry_if_result: a predicate on results that asks for a retry (default: none).
-        max_pushback: the longest delay taken from a server's pushback, seconds >= 0
+        max_pushback: the longest server pushback honoured, seconds >= 0; a longer one
+            ends the retries
             (default 60); a ``timedelta`` is accepted too and stored as seconds.
         retry_non_idempotent: retry calls marked non-idempotent too (default ``False``).
 
@@ -100,8 +101,10 @@ class Retry(Reconfigurable[RetryOptions], Policy):
     - attempts are left, and the call is idempotent (or ``retry_non_idempotent`` is set)
       and nothing of its result has reached the caller yet (``ctx.committed``);
     - the delay — the server's pushback when the attempt carried one
-      (``ctx.pushback``, clamped to ``max_pushback``), else the ``backoff`` — ends before
-      the call's deadline. A pushback that does not fit fails the call at once with
+      (``ctx.pushback``), else the ``backoff`` — ends before the call's deadline. A
+      pushback is honoured or given up on, never shortened: one longer than
+      ``max_pushback`` ends the retries with what the last attempt gave. A pushback that
+      does not fit before the deadline fails the call at once with
       :class:`~resilience.DeadlineExceededError`; a backoff that does not fit ends the
       call with what the last attempt gave;
     - the ``budget`` has room (:meth:`RetryBudget.acquire`). When it has none, an error
@@ -226,12 +229,16 @@ class Retry(Reconfigurable[RetryOptions], Policy):
             if pushback is None:
                 pushback = getattr(error, "retry_after", None)
             if pushback is not None:
-                delay = min(float(pushback), options.max_pushback)
+                delay = float(pushback)
             else:
                 delay = float(options.backoff.delay(attempt, previous, self.rng))
             now = ctx.clock.monotonic()
             budget = self.budget
-            if ctx.deadline is not None and now + delay >= ctx.deadline:
+            if pushback is not None and delay > options.max_pushback:
+                # Honoured or given up on, never shortened (gRPC A6): retrying sooner than the
+                # server asked is what the pushback was sent to prevent.
+                step = _GiveUp("pushback_too_long", delay, options.max_pushback)
+            elif ctx.deadline is not None and now + delay >= ctx.deadline:
                 reason = "deadline_pushback" if pushback is not None else "deadline"
                 step = _GiveUp(reason, delay, ctx.deadline - now)
             elif budget is not None and budget.acquire(ctx, now).kind:
