@@ -26,6 +26,7 @@ from resilience.policies.circuit_breaker import (
     CircuitState,
     CircuitStateChanged,
 )
+from resilience.policies.circuit_breaker.states import CircuitPermit
 from resilience.policies.windows import CountWindow, TimeWindow
 
 CLOSED, OPEN, HALF_OPEN, ISOLATED = (
@@ -831,3 +832,33 @@ def test_a_half_open_probe_survives_a_reconfigure() -> None:
     breaker.reconfigure(breaker.options.replace(break_duration=5))
     breaker.release(probe, Outcome.SUCCESS, 0.0, 1.0)
     assert breaker.state is CLOSED
+
+
+# -- half-open has a maximum wait (issue 9, item 17) ------------------------------------------------
+
+
+def test_a_probe_that_never_returns_cannot_hold_the_breaker_half_open_for_good() -> None:
+    events: list[Event] = []
+    breaker = CircuitBreaker(failure_threshold=1, break_duration=5, half_open_max_wait=30, listeners=[events.append])
+    _fail(breaker, 0.0)
+    stuck = breaker.acquire(None, 5.0)  # the probe, which never reports
+    assert breaker.state is HALF_OPEN
+    refused = breaker.acquire(None, 34.9)
+    assert isinstance(refused, Rejection) and refused.reason == "half_open"
+    reopened = breaker.acquire(None, 35.0)  # 30 s half-open with every slot taken
+    assert isinstance(reopened, Rejection) and reopened.reason == "open"
+    assert reopened.retry_after == pytest.approx(5.0)
+    assert breaker.state is OPEN
+    assert ("half_open", "open", "half_open_timeout") in changes(events)
+    breaker.release(stuck, Outcome.SUCCESS, 0.0, 36.0)  # too late: counts for nothing
+    assert breaker.state is OPEN
+    probe = breaker.acquire(None, 40.0)  # a new half-open period, a new probe
+    assert isinstance(probe, CircuitPermit) and probe.probe
+    breaker.release(probe, Outcome.SUCCESS, 0.0, 40.0)
+    assert breaker.state is CLOSED
+
+
+def test_half_open_max_wait_is_checked() -> None:
+    with pytest.raises(ValueError, match="half_open_max_wait must be a finite number of seconds > 0, got 0"):
+        CircuitBreaker(half_open_max_wait=0)
+    assert CircuitBreaker().options.half_open_max_wait == 60.0

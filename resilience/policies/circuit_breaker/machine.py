@@ -110,7 +110,8 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         options: the whole options object (instead of the keywords below).
         failure_threshold, window_size, window_duration, window_buckets, failure_rate,
         minimum_calls, slow_call_duration, slow_call_rate, break_duration,
-        break_multiplier, max_break_duration, half_open_max_calls, success_threshold,
+        break_multiplier, max_break_duration, half_open_max_calls, half_open_max_wait,
+        success_threshold,
         failure_on, failure_if_result: see :class:`CircuitBreakerOptions`.
         listeners: listeners told of every transition, in or out of a call (default: none).
         shared: a :class:`SharedCircuitState` backend (default: none).
@@ -127,6 +128,7 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         "_closed_permit",
         "_failures",
         "_fast_permit",
+        "_half_open_since",
         "_lock",
         "_next_break",
         "_open_until",
@@ -162,6 +164,7 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         break_multiplier: float = 1.0,
         max_break_duration: Seconds | None = None,
         half_open_max_calls: int = 1,
+        half_open_max_wait: Seconds = 60.0,
         success_threshold: int = 1,
         failure_on: ErrorFilter | None = None,
         failure_if_result: Callable[[Any], bool] | None = None,
@@ -185,6 +188,7 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
                 break_multiplier=break_multiplier,
                 max_break_duration=as_seconds(max_break_duration),
                 half_open_max_calls=half_open_max_calls,
+                half_open_max_wait=as_seconds(half_open_max_wait),
                 success_threshold=success_threshold,
                 failure_on=failure_on,
                 failure_if_result=failure_if_result,
@@ -208,6 +212,7 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         self._next_break = options.break_duration
         self._probes = 0
         self._probe_successes = 0
+        self._half_open_since = 0.0
         self._probe_permit = CircuitPermit(True)
         self._closed_permit = CircuitPermit(False)
         self._fast_permit = self._closed_permit if self._window is None else _NEVER
@@ -351,11 +356,19 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
                     retry_after = self._open_until - now
                 else:
                     change = self._half_open()
+                    self._half_open_since = now
                     state = _HALF_OPEN
             permit: CircuitPermit | None = None
-            if state is _HALF_OPEN and self._probes < self._options.half_open_max_calls:
-                self._probes += 1
-                permit = self._probe_permit
+            if state is _HALF_OPEN:
+                if self._probes < self._options.half_open_max_calls:
+                    self._probes += 1
+                    permit = self._probe_permit
+                elif now - self._half_open_since >= self._options.half_open_max_wait:
+                    # Probes that never came back: open again rather than stay half-open,
+                    # rejecting everything, for good. Their late outcomes count for nothing.
+                    change = self._open(now, "half_open_timeout")
+                    state = _OPEN
+                    retry_after = self._open_until - now
         if change is not None:
             self._announce(change, ctx)
         if permit is not None:

@@ -34,6 +34,9 @@ class CircuitBreakerOptions(Options):
         max_break_duration: the longest break, seconds >= ``break_duration`` (default
             ``max(300, break_duration)``).
         half_open_max_calls: probes in flight at once in half-open, in [1, 10_000] (default 1).
+        half_open_max_wait: seconds the breaker stays half-open with every probe slot
+            taken before it opens again, > 0 and at most ``threading.TIMEOUT_MAX``
+            (default 60): a probe that never returns cannot hold it half-open for good.
         success_threshold: successful probes that close the breaker, in [1, 10_000] (default 1).
         failure_on: exception types, or a predicate, that are failures (default: the
             classifier decides).
@@ -58,6 +61,7 @@ class CircuitBreakerOptions(Options):
     break_multiplier: float = 1.0
     max_break_duration: float | None = None
     half_open_max_calls: int = 1
+    half_open_max_wait: float = 60.0
     success_threshold: int = 1
     failure_on: ErrorFilter | None = None
     failure_if_result: Callable[[Any], bool] | None = None
@@ -116,6 +120,9 @@ class CircuitBreakerOptions(Options):
             self.set("max_break_duration", longest)
         self.set(
             "half_open_max_calls", integer("half_open_max_calls", self.half_open_max_calls, minimum=1, maximum=10_000)
+        )
+        self.set(
+            "half_open_max_wait", seconds("half_open_max_wait", self.half_open_max_wait, bounded=True)
         )
         self.set("success_threshold", integer("success_threshold", self.success_threshold, minimum=1, maximum=10_000))
         if self.failure_on is not None:

@@ -39,7 +39,7 @@ class CircuitStateChanged(Event):
 
     ``reason`` is one of ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``
     (closed to open), ``"break_elapsed"`` (open to half-open), ``"probe_failed"``,
-    ``"probe_slow"``, ``"probes_succeeded"`` (out of half-open), ``"isolate"``, ``"reset"``
+    ``"probe_slow"``, ``"probes_succeeded"``, ``"half_open_timeout"`` (out of half-open), ``"isolate"``, ``"reset"``
     (by hand) and ``"remote"`` (applied from a :class:`SharedCircuitState`). ``context`` is
     the call that caused it, or ``None``.
     """
