@@ -63,6 +63,16 @@ def seconds(
     return v
 
 
+def window_span(name: str, value: object, buckets: object) -> float:
+    """A sliding window's span in seconds, checked to leave each of its ``buckets`` a usable width."""
+    span = seconds(name, value)
+    if isinstance(buckets, int) and not isinstance(buckets, bool) and buckets >= 1 and span / buckets < 1e-6:
+        raise ValueError(
+            f"{name} must leave each of its {buckets} buckets at least a microsecond, got {name}={value!r}"
+        )
+    return span
+
+
 def integer(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
     """``value`` checked to be an int in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):

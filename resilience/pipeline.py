@@ -95,6 +95,14 @@ class Pipeline:
         for i, policy in enumerate(policies):
             if not isinstance(policy, Policy):
                 raise TypeError(f"policies[{i}] must be a resilience Policy, got {policy!r}")
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock (SystemClock(), FakeClock(), ...), got {clock!r}")
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"classifier must be a Classifier, got {classifier!r}")
+        listeners = tuple(listeners)
+        for i, listener in enumerate(listeners):
+            if not callable(listener):
+                raise TypeError(f"listeners[{i}] must be callable, got {listener!r}")
         self.policies: tuple[Policy, ...] = policies
         self.clock = clock
         self.listeners: tuple[Listener, ...] = tuple(listeners)

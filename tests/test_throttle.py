@@ -315,8 +315,9 @@ def test_threads_lose_no_counts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"k": 0.5}, ValueError, r"k must be in \[1, inf\), got 0\.5"),
-        ({"k": math.nan}, ValueError, r"k must be in \[1, inf\), got nan"),
+        ({"k": 0.5}, ValueError, r"k must be in \[1, 1000\], got 0\.5"),
+        ({"k": math.nan}, ValueError, r"k must be in \[1, 1000\], got nan"),
+        ({"k": math.inf}, ValueError, r"k must be in \[1, 1000\], got inf"),
         ({"window": 0}, ValueError, "window must be a finite number of seconds > 0, got 0"),
         ({"window": -1.0}, ValueError, "window must be a finite number of seconds > 0, got -1.0"),
         ({"buckets": 0}, ValueError, r"buckets must be in \[1, 10000\], got 0"),

@@ -35,7 +35,7 @@ class Constant(Backoff):
     __slots__ = ("_delay",)
 
     def __init__(self, delay: Seconds = 0.1) -> None:
-        self._delay = seconds("delay", delay, allow_zero=True)
+        self._delay = seconds("delay", delay, allow_zero=True, bounded=True)
 
     def delay(self, attempt: int, previous: float, rng: Random) -> float:
         return self._delay
@@ -58,7 +58,7 @@ class Exponential(Backoff):
     def __init__(self, base: Seconds = 0.1, multiplier: float = 2.0, cap: Seconds = 10.0) -> None:
         self._base = seconds("base", base)
         self._multiplier = number("multiplier", multiplier, low=1.0, high=1e6)
-        self._cap = seconds("cap", cap)
+        self._cap = seconds("cap", cap, bounded=True)
         if self._cap < self._base:
             raise ValueError(f"cap must be >= base ({self._base!r}), got {cap!r}")
 
@@ -114,7 +114,7 @@ class ExponentialPlusJitter(Exponential):
         self, base: Seconds = 1.0, multiplier: float = 2.0, cap: Seconds = 60.0, jitter: Seconds = 1.0
     ) -> None:
         super().__init__(base, multiplier, cap)
-        self._jitter = seconds("jitter", jitter, allow_zero=True)
+        self._jitter = seconds("jitter", jitter, allow_zero=True, bounded=True)
 
     def delay(self, attempt: int, previous: float, rng: Random) -> float:
         return min(self._cap, self._ceiling(attempt) + rng.random() * self._jitter)
@@ -143,7 +143,7 @@ class DecorrelatedJitter(Backoff):
 
     def __init__(self, base: Seconds = 0.1, cap: Seconds = 10.0) -> None:
         self._base = seconds("base", base)
-        self._cap = seconds("cap", cap)
+        self._cap = seconds("cap", cap, bounded=True)
         if self._cap < self._base:
             raise ValueError(f"cap must be >= base ({self._base!r}), got {cap!r}")
 

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._validate import Seconds, as_seconds, number, seconds
+from .._validate import Seconds, as_seconds, number, window_span
 from ..errors import RejectedError
 from ..options import Options, Reconfigurable
 from ..outcome import Outcome
@@ -47,7 +47,7 @@ class RetryBudgetOptions(Options):
     def __post_init__(self) -> None:
         self.set("ratio", number("ratio", self.ratio, low=0.0, high=1000.0))
         self.set("min_per_second", number("min_per_second", self.min_per_second, low=0.0, high=1e9))
-        self.set("window", seconds("window", self.window))
+        self.set("window", window_span("window", self.window, 10))
 
 
 class _BudgetPermit(Permit):

@@ -48,7 +48,7 @@ class BulkheadOptions(Options):
         self.set("max_concurrent", integer("max_concurrent", self.max_concurrent, minimum=1, maximum=1_000_000))
         self.set("max_queue", integer("max_queue", self.max_queue, minimum=0, maximum=1_000_000))
         if self.max_wait is not None:
-            self.set("max_wait", seconds("max_wait", self.max_wait))
+            self.set("max_wait", seconds("max_wait", self.max_wait, bounded=True))
 
 
 class Bulkhead(GateMixin, Reconfigurable[BulkheadOptions], Policy):

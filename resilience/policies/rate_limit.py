@@ -150,7 +150,7 @@ class RateLimitOptions(Options):
         self.set("keyfn", compile_key(self.key))
         self.set("mode", check_mode(self.mode))
         if self.max_wait is not None:
-            self.set("max_wait", seconds("max_wait", self.max_wait))
+            self.set("max_wait", seconds("max_wait", self.max_wait, bounded=True))
         if not isinstance(self.fail_open, bool):
             raise TypeError(f"fail_open must be a bool, got {self.fail_open!r}")
         self.set("storage_recheck", seconds("storage_recheck", self.storage_recheck))

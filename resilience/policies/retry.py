@@ -71,7 +71,7 @@ class RetryOptions(Options):
         self.set("retry_predicate", error_predicate("retry_on", self.retry_on))
         if self.retry_if_result is not None and not callable(self.retry_if_result):
             raise TypeError(f"retry_if_result must be a callable or None, got {self.retry_if_result!r}")
-        self.set("max_pushback", seconds("max_pushback", self.max_pushback, allow_zero=True))
+        self.set("max_pushback", seconds("max_pushback", self.max_pushback, allow_zero=True, bounded=True))
         self.set("retry_non_idempotent", bool(self.retry_non_idempotent))
 
 
@@ -172,6 +172,8 @@ class Retry(Reconfigurable[RetryOptions], Policy):
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
         self.budget: RetryBudget | None = budget
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
         self.rng = rng if rng is not None else random.Random()
 
     # Read-only views of the options, as before they were split out.

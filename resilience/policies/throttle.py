@@ -21,7 +21,7 @@ import random
 import threading
 from dataclasses import dataclass
 
-from .._validate import Seconds, as_seconds, integer, number, seconds
+from .._validate import Seconds, as_seconds, integer, number, window_span
 from ..context import CallContext
 from ..errors import RejectedError, ThrottledError
 from ..events import Event, emit
@@ -64,7 +64,7 @@ class AdaptiveThrottleOptions(Options):
     """How an :class:`AdaptiveThrottle` sheds load.
 
     Attributes:
-        k: the multiplier on accepts, >= 1 (default 2.0). Lower sheds sooner.
+        k: the multiplier on accepts, in [1, 1000] (default 2.0). Lower sheds sooner.
         window: the span of the counts in seconds, > 0 (default 10); a ``timedelta`` is
             accepted too and stored as seconds.
         buckets: how many buckets the window is cut into, in [1, 10_000] (default 40).
@@ -79,8 +79,8 @@ class AdaptiveThrottleOptions(Options):
     buckets: int = 40
 
     def __post_init__(self) -> None:
-        self.set("k", number("k", self.k, low=1.0))
-        self.set("window", seconds("window", self.window))
+        self.set("k", number("k", self.k, low=1.0, high=1000.0))
+        self.set("window", window_span("window", self.window, self.buckets))
         self.set("buckets", integer("buckets", self.buckets, minimum=1, maximum=10_000))
 
 

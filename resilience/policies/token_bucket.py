@@ -95,7 +95,7 @@ class TokenBucketOptions(Options):
         self.set("keyfn", compile_key(self.key))
         self.set("mode", check_mode(self.mode))
         if self.max_wait is not None:
-            self.set("max_wait", seconds("max_wait", self.max_wait))
+            self.set("max_wait", seconds("max_wait", self.max_wait, bounded=True))
         self.set("max_keys", integer("max_keys", self.max_keys, minimum=1, maximum=10_000_000))
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..._validate import ErrorFilter, error_predicate, integer, number, seconds
+from ..._validate import ErrorFilter, error_predicate, integer, number, seconds, window_span
 from ...options import Options
 
 __all__ = ["CircuitBreakerOptions"]
@@ -78,7 +78,7 @@ class CircuitBreakerOptions(Options):
         if self.window_size is not None:
             self.set("window_size", integer("window_size", self.window_size, minimum=1, maximum=1_000_000))
         if self.window_duration is not None:
-            self.set("window_duration", seconds("window_duration", self.window_duration))
+            self.set("window_duration", window_span("window_duration", self.window_duration, self.window_buckets))
         self.set("window_buckets", integer("window_buckets", self.window_buckets, minimum=1, maximum=1000))
         if not self.windowed:
             for option in ("failure_rate", "minimum_calls", "slow_call_duration"):
