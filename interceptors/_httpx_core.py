@@ -177,8 +177,11 @@ class Router:
             if options.get("tags"):
                 tags = {**(tags or {}), **options["tags"]}
         pipeline = (policy_set or self.default).get(service)
+        keyed = False
         if idempotent is None:
-            idempotent = method in self.idempotent_methods or "idempotency-key" in request.headers
+            idempotent = method in self.idempotent_methods
+            if not idempotent and "idempotency-key" in request.headers:
+                idempotent = keyed = True  # retried one at a time; a hedge would send copies at once
         clock = pipeline.clock
         ctx = CallContext(
             service,
@@ -189,6 +192,8 @@ class Router:
             classifier=self.classifier,
             listeners=pipeline.listeners,
         )
+        if keyed:
+            ctx.hedgeable = False
         if timeout is not None:
             deadline = clock.monotonic() + timeout if deadline is None else min(deadline, clock.monotonic() + timeout)
         ctx.deadline = deadline

@@ -27,6 +27,10 @@ class CallContext:
         hedge: 0 for the primary attempt, ``n`` for the ``n``-th hedged attempt.
         deadline: absolute deadline on ``clock.monotonic()``, or ``None``.
         idempotent: whether the call may safely be sent more than once.
+        hedgeable: whether copies may run at the same time (a hedge); ``None`` (the
+            default) means "when idempotent". ``False`` for a call that may be retried but
+            must not run twice at once, such as a POST made safe only by an
+            ``Idempotency-Key`` (the server dedupes by key, not concurrent copies).
         committed: set by adapters once a result has been handed to the caller in part
             (a stream's first message): from then on nothing may retry or hedge it.
         tags: free-form labels (tenant, route, ...) for keys and telemetry.
@@ -61,6 +65,7 @@ class CallContext:
     hedge: int = 0
     deadline: float | None = None
     idempotent: bool = True
+    hedgeable: bool | None = None
     committed: bool = False
     tags: dict[str, str] | None = None
     endpoint: str | None = None

@@ -915,6 +915,31 @@ async def test_a_hedged_get_goes_to_another_endpoint(make: Callable[..., Harness
         response = await client.request("POST", "http://orders/", content=b"x")
         assert response.text == "slow"
         assert [c.hedge for c in spy.contexts] == [0]
+
+    finally:
+        hedge.close()
+
+
+async def test_an_idempotency_key_makes_a_post_retryable_not_hedgeable(
+    make: Callable[..., Harness], server: HttpServer
+) -> None:
+    from resilience.policies.hedge import Hedge
+
+    hedge = Hedge(delay=0.02, budget=None)
+    spy = Spy()
+    server.default = Reply(body=b"slow", delay=0.2)
+    client = make(pipeline=Pipeline(hedge, spy))
+    try:
+        # Retried one copy at a time is safe with a key; two copies at once (a hedge) is not.
+        response = await client.request("POST", server.url, content=b"x", headers={"Idempotency-Key": "k-9"})
+        assert response.text == "slow"
+        assert [c.hedge for c in spy.contexts] == [0]
+        assert spy.contexts[0].idempotent and spy.contexts[0].hedgeable is False
+        assert len(server.requests) == 1
+        # A request that opts in is hedged.
+        spy.contexts.clear()
+        await client.request("POST", server.url, content=b"x", extensions={"resilience": {"idempotent": True}})
+        assert [c.hedge for c in spy.contexts] == [0, 1]
     finally:
         hedge.close()
 

@@ -125,7 +125,7 @@ def hedge_async(policy: Hedge, next: AsyncNext) -> AsyncNext:
     """The async step that runs ``next`` hedged by ``policy``."""
 
     async def hedge_async(ctx: CallContext) -> Any:
-        if not ctx.idempotent or ctx.committed:
+        if not ctx.idempotent or ctx.committed or ctx.hedgeable is False:
             return await next(ctx)
         clock = ctx.clock
         start = clock.monotonic()

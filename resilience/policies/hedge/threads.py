@@ -177,7 +177,7 @@ def hedge_sync(policy: Hedge, next: SyncNext) -> SyncNext:
     pool = policy._pool
 
     def hedge_sync(ctx: CallContext) -> Any:
-        if not ctx.idempotent or ctx.committed:
+        if not ctx.idempotent or ctx.committed or ctx.hedgeable is False:
             return next(ctx)
         clock = ctx.clock
         start = clock.monotonic()
