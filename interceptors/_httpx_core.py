@@ -116,8 +116,8 @@ class Router:
             return found
         return _PolicySet(where, policy)
 
-    def begin(self, request: httpx.Request) -> tuple[Pipeline, CallContext, bool]:
-        """The pipeline and the context of a request, and whether it goes through discovery."""
+    def begin(self, request: httpx.Request) -> tuple[Pipeline, CallContext, str | None]:
+        """The pipeline and the context of a request, and the discovery service it is balanced over, if any."""
         method = request.method
         url = request.url
         host = url.host
@@ -197,16 +197,21 @@ class Router:
         if timeout is not None:
             deadline = clock.monotonic() + timeout if deadline is None else min(deadline, clock.monotonic() + timeout)
         ctx.deadline = deadline
-        discovered = False
+        discovered: str | None = None
         discovery = self.discovery
         if discovery is not None:
-            if host in self._discovered:
-                discovered = True
-            elif discovery.endpoints(host):
-                # Once a service, always one: when its list empties, calls fail with
-                # NoEndpointError instead of going to a host of that name.
-                self._discovered.add(host)
-                discovered = True
+            # A route that names its service balances over that service's endpoints whatever
+            # the host; otherwise a host that discovery knows is the service.
+            for name in (route.service, host) if route is not None and route.service is not None else (host,):
+                if name in self._discovered:
+                    discovered = name
+                    break
+                if discovery.endpoints(name):
+                    # Once a service, always one: when its list empties, calls fail with
+                    # NoEndpointError instead of going to a host of that name.
+                    self._discovered.add(name)
+                    discovered = name
+                    break
         return pipeline, ctx, discovered
 
     def pool(self, service: str) -> EndpointPool[Any]:

@@ -79,7 +79,9 @@ class Route:
         name: the method name put in the call's context (``ctx.method``), e.g. ``"get-order"``;
             ``None`` uses ``"<METHOD> <path>"`` (default).
         service: the logical service name put in the call's context; ``None`` uses the
-            host (default).
+            host (default). When the transport's discovery knows this service, the
+            request is balanced over its endpoints whatever the URL's host, so
+            ``https://api.example.com/orders/...`` can go to the endpoints of ``orders``.
         idempotent: forces the call to be treated as idempotent (``True``) or not
             (``False``); ``None`` decides by method and ``Idempotency-Key`` (default).
         timeout: a deadline for the whole call, in seconds or a ``timedelta`` (> 0);

@@ -106,7 +106,7 @@ class _Exchange:
 
     __slots__ = ("body", "discovered", "request", "router", "stream", "transport")
 
-    def __init__(self, transport: Any, request: httpx.Request, ctx: CallContext, discovered: bool) -> None:
+    def __init__(self, transport: Any, request: httpx.Request, ctx: CallContext, discovered: str | None) -> None:
         self.transport = transport
         self.router: Router = transport._router
         self.request = request
@@ -273,9 +273,9 @@ class _SyncExchange(_Exchange):
     transport: ResilientTransport
 
     def __call__(self, ctx: CallContext) -> httpx.Response:
-        if not self.discovered:
+        if self.discovered is None:
             return self.answered(ctx, self.transport._inner.handle_request(self.prepare(ctx, None)))
-        selection = self.router.pool(self.request.url.host).pick(ctx)
+        selection = self.router.pool(self.discovered).pick(ctx)
         clock = ctx.clock
         start = clock.monotonic()
         try:
@@ -404,9 +404,9 @@ class _AsyncExchange(_Exchange):
     transport: AsyncResilientTransport
 
     async def __call__(self, ctx: CallContext) -> httpx.Response:
-        if not self.discovered:
+        if self.discovered is None:
             return self.answered(ctx, await self.transport._inner.handle_async_request(self.prepare(ctx, None)))
-        selection = self.router.pool(self.request.url.host).pick(ctx)
+        selection = self.router.pool(self.discovered).pick(ctx)
         clock = ctx.clock
         start = clock.monotonic()
         try:

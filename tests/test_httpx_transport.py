@@ -920,6 +920,21 @@ async def test_a_hedged_get_goes_to_another_endpoint(make: Callable[..., Harness
         hedge.close()
 
 
+async def test_a_route_naming_its_service_balances_over_that_services_endpoints(
+    make: Callable[..., Harness], servers: list[HttpServer]
+) -> None:
+    discovery = StaticDiscovery({"orders": [s.address for s in servers[:2]]})
+    route = Route(host="api.example.com", path="/orders/*", service="orders")
+    client = make(pipeline=Pipeline(clock=FakeClock()), discovery=discovery, routes=[route])
+    texts = [(await client.get("http://api.example.com/orders/7")).text for _ in range(4)]
+    assert sorted(set(texts)) == ["server-0", "server-1"]  # both endpoints of orders, in turn
+    assert servers[0].requests[0].path == "/orders/7"
+    assert servers[0].requests[0].headers["host"] == "api.example.com"  # the Host is kept
+    # A path the route does not cover goes to the host as it is (no such host here).
+    with pytest.raises(httpx.ConnectError):
+        await client.get("http://127.0.0.1:9/other")
+
+
 async def test_an_idempotency_key_makes_a_post_retryable_not_hedgeable(
     make: Callable[..., Harness], server: HttpServer
 ) -> None:
