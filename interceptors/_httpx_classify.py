@@ -99,6 +99,10 @@ class HttpxClassifier(Classifier):
             return Outcome.IGNORED
         return Outcome.FAILURE
 
+    def unsent(self, exc: BaseException) -> bool:
+        """A connect error, a connect timeout or a pool timeout: the request never left."""
+        return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
     def result(self, result: object) -> Outcome:
         status: int = result.status_code if isinstance(result, httpx.Response) else 200
         if status in self.failure_statuses:

@@ -49,6 +49,12 @@ class Classifier:
         """The outcome of an attempt that returned ``result``."""
         return Outcome.SUCCESS
 
+    def unsent(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised ``exc`` surely sent nothing to the server (a refused
+        connection, a wait for a pooled connection that ran out): retrying it is safe for any
+        call, idempotent or not. The default knows no such error."""
+        return False
+
     def retryable_error(self, exc: BaseException) -> bool:
         """Whether an attempt that raised ``exc`` may be tried again."""
         return self.error(exc) is Outcome.FAILURE

@@ -211,6 +211,13 @@ def retrying(clock: FakeClock, attempts: int = 3, **kwargs: Any) -> Pipeline:
     return Pipeline(Retry(attempts, budget=None, **kwargs), clock=clock)
 
 
+class FirstListed(RoundRobin):
+    """The first candidate not tried yet, in discovery's order: a deterministic primary and retry."""
+
+    def pick(self, candidates: Any, ctx: CallContext, now: float) -> Any:
+        return candidates[0]
+
+
 class Spy(Policy):
     """Records the context of every call that passes (outermost position)."""
 
@@ -918,6 +925,44 @@ async def test_a_hedged_get_goes_to_another_endpoint(make: Callable[..., Harness
 
     finally:
         hedge.close()
+
+
+async def test_a_post_that_reached_no_server_is_retried_elsewhere(
+    make: Callable[..., Harness], servers: list[HttpServer]
+) -> None:
+    dead = HttpServer()
+    dead.start()
+    dead_address = dead.address
+    dead.stop()  # nothing listens there any more: the connection is refused
+    discovery = StaticDiscovery({"orders": [dead_address, servers[0].address]})
+    client = make(pipeline=retrying(FakeClock()), discovery=discovery, balancer=FirstListed())
+    response = await client.request("POST", "http://orders/", content=b"order")
+    assert response.status_code == 200  # retried on the live endpoint although a POST
+    assert [s.body for s in servers[0].requests] == [b"order"]
+    # Once something reached a server, a POST is not retried.
+    servers[0].script(Reply(drop=True))
+    discovery.set("orders", [servers[0].address, servers[1].address])
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.request("POST", "http://orders/", content=b"again")
+    assert len(servers[1].requests) == 0
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow"), httpx.PoolTimeout("full")]
+)
+def test_an_attempt_that_sent_nothing_is_retried_whatever_the_method(error: Exception) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) == 1:
+            raise error
+        return httpx.Response(201)
+
+    transport = ResilientTransport(httpx.MockTransport(handler), pipeline=retrying(FakeClock()))
+    with httpx.Client(transport=transport) as client:
+        assert client.post("http://api/orders", content=b"x").status_code == 201
+    assert calls == ["POST", "POST"]
 
 
 async def test_a_route_naming_its_service_balances_over_that_services_endpoints(

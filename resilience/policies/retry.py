@@ -98,7 +98,9 @@ class Retry(Reconfigurable[RetryOptions], Policy):
     A failed attempt is retried when the call's classifier calls it retryable (by default
     any :class:`Exception` but the library's own rejections), it matches ``retry_on``, and:
 
-    - attempts are left, and the call is idempotent (or ``retry_non_idempotent`` is set)
+    - attempts are left, and the call is idempotent (or ``retry_non_idempotent`` is set,
+      or the attempt surely sent nothing: the classifier's ``unsent``, e.g. a refused
+      connection)
       and nothing of its result has reached the caller yet (``ctx.committed``);
     - the delay — the server's pushback when the attempt carried one
       (``ctx.pushback``), else the ``backoff`` — ends before the call's deadline. A
@@ -223,8 +225,12 @@ class Retry(Reconfigurable[RetryOptions], Policy):
             step: float | _GiveUp = _GiveUp("attempts")
         elif ctx.committed:
             step = _GiveUp("committed")
-        elif not ctx.idempotent and not options.retry_non_idempotent:
-            step = _GiveUp("non_idempotent")
+        elif (
+            not ctx.idempotent
+            and not options.retry_non_idempotent
+            and (error is None or not ctx.classifier.unsent(error))
+        ):
+            step = _GiveUp("non_idempotent")  # an attempt that sent nothing may be retried anyway
         elif pushback is not None and pushback < 0:
             step = _GiveUp("pushback")
         else:
