@@ -210,6 +210,19 @@ class GrpcClassifier(Classifier):
             return _S.DEADLINE_EXCEEDED in self.retryable_codes
         return False
 
+    def unsent(self, exc: BaseException) -> bool:
+        """An attempt that never reached a server: ``UNAVAILABLE`` because no connection
+        could be made (grpc's "failed to connect"), the case gRPC retries transparently.
+        Retrying it is safe for any method, idempotent or not."""
+        if not isinstance(exc, grpc.RpcError) or _error_code(exc) is not _S.UNAVAILABLE:
+            return False
+        details = getattr(exc, "details", None)
+        try:
+            text = details() if callable(details) else ""
+        except Exception:  # an aio error whose details need a running call
+            return False
+        return isinstance(text, str) and "failed to connect" in text.lower()
+
     def discard(self, result: object) -> None:
         # A result thrown away (a hedge that lost, a stream past its time) is a call to cancel.
         cancel = getattr(result, "cancel", None)

@@ -172,6 +172,13 @@ class ResilienceInterceptor(
 ):
     """Runs every call of a sync channel through the pipeline of its method.
 
+    **Which calls a Retry retries.** An attempt that never reached a server (no connection
+    could be made: ``UNAVAILABLE`` "failed to connect", the case gRPC itself retries
+    transparently) is retried for every method. Beyond that, only methods marked idempotent
+    are retried or hedged: ``MethodPolicy(pipeline, idempotent=True)`` for a method or as
+    the table's default, since gRPC cannot tell a safe method from its name. A ``Retry``
+    in the pipeline of a method not marked idempotent retries nothing else.
+
     Args:
         policies: a :class:`GrpcPolicies` table, or a :class:`MethodPolicy` or
             :class:`~resilience.Pipeline` for every method (default: no policies).

@@ -222,3 +222,28 @@ async def test_aio_live_endpoint_change_and_hedge(servers: tuple[Running, Runnin
         assert await unary(b"h", timeout=5) == b"h"
         assert time.monotonic() - started < 0.8
         assert b.service.of(UNARY)[-1].metadata.get("x-grpc-previous-rpc-attempts") == "1"
+
+
+def _free_port_address() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"  # closed again: nothing listens there
+
+
+def test_a_call_that_reached_no_server_is_retried_for_any_method(servers: tuple[Running, Running]) -> None:
+    """Issue 9, item 12: a refused connection is retried even for a method not marked idempotent."""
+    a, _ = servers
+    discovery = StaticDiscovery({"echo": [_free_port_address(), a.address]})
+    not_idempotent = MethodPolicy(Pipeline(Retry(3, backoff=Constant(0.2)), clock=FakeClock()), idempotent=False)
+    with ResilientChannel("echo", discovery, FirstUntried(), not_idempotent) as channel:
+        assert callables(channel)[UNARY](b"x", timeout=5) == b"x"
+        assert a.service.count(UNARY) == 1
+        # Once a server answered, a method not marked idempotent is not retried.
+        a.service.script(UNARY, Fault(S.UNAVAILABLE))
+        discovery.set("echo", [a.address])
+        with pytest.raises(grpc.RpcError) as info:
+            callables(channel)[UNARY](b"y", timeout=5)
+        assert info.value.code() is S.UNAVAILABLE
+        assert a.service.count(UNARY) == 2  # one attempt only
