@@ -41,9 +41,10 @@ import grpc.aio
 from resilience._validate import Seconds, seconds
 from resilience.context import CallContext
 from resilience.errors import RejectedError
+from resilience.outcome import Outcome
 
 from . import _grpc_common as _c
-from ._grpc_common import PUSHBACK_KEY, GrpcPolicies, MethodPolicy, ResolvedMethod, as_policies
+from ._grpc_common import PUSHBACK_KEY, GrpcClassifier, GrpcPolicies, MethodPolicy, ResolvedMethod, as_policies
 
 __all__ = [
     "AioServerResilienceInterceptor",
@@ -97,10 +98,58 @@ class _Base:
     def _context(self, resolved: ResolvedMethod, servicer_context: Any) -> CallContext:
         remaining = servicer_context.time_remaining()
         # A call without a deadline reports a huge remaining time: no deadline then.
-        return resolved.context(remaining if remaining is not None and remaining < 1e8 else None)
+        ctx = resolved.context(remaining if remaining is not None and remaining < 1e8 else None)
+        ctx.classifier = _ServerClassifier(
+            resolved.classifier.failure_codes, resolved.classifier.retryable_codes, resolved.classifier.pushback_codes
+        )
+        return ctx
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policies!r})"
+
+
+CALLER_FAULT_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+"""Codes a handler aborts with for the caller's fault: such a call does not count against
+the server (an adaptive limit does not shrink because clients send bad requests)."""
+
+
+class _CallerFault(Exception):
+    """Carries a handler's abort for the caller's fault through the pipeline, as ignored."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _ServerClassifier(GrpcClassifier):
+    """The client's classifier, and a handler's abort for the caller's fault counts for nothing."""
+
+    __slots__ = ()
+
+    def error(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, _CallerFault):
+            return Outcome.IGNORED
+        return super().error(exc)
+
+
+def _caller_fault(context: Any, exc: BaseException) -> BaseException:
+    """``exc`` wrapped as a caller's fault when the handler aborted with such a code, else itself."""
+    try:
+        code = context.code()
+    except Exception:  # a context that cannot say
+        return exc
+    return _CallerFault(exc) if code in CALLER_FAULT_CODES else exc
 
 
 def _handler_like(handler: Any, unary_unary: Any, unary_stream: Any, stream_unary: Any, stream_stream: Any) -> Any:
@@ -162,10 +211,18 @@ class ServerResilienceInterceptor(_Base, _c.ServerInterceptor):
             try:
                 if pipeline is None:
                     return behavior(request, context)
+                def attempt(_ctx: CallContext) -> Any:
+                    try:
+                        return behavior(request, context)
+                    except Exception as exc:
+                        raise _caller_fault(context, exc) from None
+
                 try:
-                    return pipeline.execute(lambda _ctx: behavior(request, context), self._context(resolved, context))
+                    return pipeline.execute(attempt, self._context(resolved, context))
                 except RejectedError as error:
                     self._reject(context, error)
+                except _CallerFault as fault:
+                    raise fault.error from None
             finally:
                 _principal.reset(token)
 
@@ -242,12 +299,18 @@ class AioServerResilienceInterceptor(_Base, _c.AioServerInterceptor):
             try:
                 if pipeline is None:
                     return await behavior(request, context)
+                async def attempt(_ctx: CallContext) -> Any:
+                    try:
+                        return await behavior(request, context)
+                    except Exception as exc:
+                        raise _caller_fault(context, exc) from None
+
                 try:
-                    return await pipeline.aexecute(
-                        lambda _ctx: behavior(request, context), self._context(resolved, context)
-                    )
+                    return await pipeline.aexecute(attempt, self._context(resolved, context))
                 except RejectedError as error:
                     await self._reject(context, error)
+                except _CallerFault as fault:
+                    raise fault.error from None
             finally:
                 _principal.reset(token)
 

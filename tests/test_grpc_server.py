@@ -211,3 +211,66 @@ def _pool() -> Any:
 
 def _generic(handlers: dict[str, Any]) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler("test.Who", handlers)
+
+
+def test_aborts_for_the_callers_fault_do_not_shrink_an_adaptive_limit() -> None:
+    """Issue 9, item 13: 20 bad requests used to take an AIMD limit from 20 to 1."""
+    from resilience.policies.concurrency import AIMD
+
+    from ._grpc_service import Fault
+
+    limit = ConcurrencyLimit(AIMD(20, min_limit=1, max_limit=200))
+    guard = ServerResilienceInterceptor(GrpcPolicies(methods={UNARY: Pipeline(limit)}))
+    server = Running(_service(), (guard,))
+    channel = grpc.insecure_channel(server.address)
+    try:
+        unary = callables(channel)[UNARY]
+        for code in [S.INVALID_ARGUMENT, S.NOT_FOUND, S.PERMISSION_DENIED, S.FAILED_PRECONDITION] * 5:
+            server.service.script(UNARY, Fault(code))
+            with pytest.raises(grpc.RpcError) as info:
+                unary(b"bad", timeout=5)
+            assert info.value.code() is code  # the caller sees the handler's own status
+        assert limit.limit == 20
+        # A handler's own failure still counts.
+        server.service.script(UNARY, Fault(S.INTERNAL))
+        with pytest.raises(grpc.RpcError):
+            unary(b"boom", timeout=5)
+        assert limit.limit < 20
+        assert limit.inflight == 0
+    finally:
+        channel.close()
+        server.stop()
+
+
+async def test_aio_aborts_for_the_callers_fault_do_not_shrink_an_adaptive_limit() -> None:
+    from resilience.policies.concurrency import AIMD
+
+    limit = ConcurrencyLimit(AIMD(20, min_limit=1, max_limit=200))
+
+    class Service:
+        async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if request == b"bad":
+                await context.abort(S.INVALID_ARGUMENT, "bad request")
+            raise RuntimeError("handler bug")
+
+    handler = grpc.unary_unary_rpc_method_handler(Service().unary)
+    generic = grpc.method_handlers_generic_handler("t.S", {"U": handler})
+    server = grpc.aio.server(
+        interceptors=[AioServerResilienceInterceptor(GrpcPolicies(methods={"/t.S/U": Pipeline(limit)}))]
+    )
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.S/U")
+            for _ in range(20):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(b"bad", timeout=5)
+                assert info.value.code() is S.INVALID_ARGUMENT
+            assert limit.limit == 20
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(b"x", timeout=5)
+            assert limit.limit < 20
+    finally:
+        await server.stop(None)
