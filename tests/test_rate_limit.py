@@ -610,3 +610,30 @@ def test_redis_strategies_never_meet_under_one_key(redis_server: RedisServer) ->
             other.close()
     finally:
         limit.close()
+
+
+@pytest.mark.redis
+def test_a_stalled_redis_fails_open_instead_of_blocking_the_call() -> None:
+    """Issue 9, item 20: a SIGSTOPped Redis used to block a sync call forever, past any Timeout."""
+    import signal
+    import threading
+
+    server = RedisServer()
+    server.start()
+    try:
+        policy = RateLimit("100/second", storage=server.url, storage_recheck=60)
+        pipeline = Pipeline(policy)
+        assert pipeline.call(lambda: "ok") == "ok"  # connected while Redis answers
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        outcome: list[Any] = []
+        worker = threading.Thread(target=lambda: outcome.append(pipeline.call(lambda: "admitted")), daemon=True)
+        worker.start()
+        worker.join(30)  # bounded: a call that never returns fails the test instead of hanging it
+        assert outcome == ["admitted"]  # the stall timed out and failed open
+        server.proc.send_signal(signal.SIGCONT)
+        policy.close()
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.close()

@@ -56,6 +56,10 @@ _log = logging.getLogger("resilience")
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 """The ``strategy`` names, as ``limits`` spells them."""
 
+REDIS_SOCKET_TIMEOUT = 0.5
+"""Seconds a Redis storage built from a URI waits to connect, and for each answer, unless
+``storage_options`` say otherwise."""
+
 _READY = Permit()
 
 
@@ -225,8 +229,10 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
         storage: a storage URI or a sync ``limits`` storage (default ``"memory://"``).
         async_storage: a storage URI or a ``limits.aio`` storage for asyncio callers
             (default: derived from ``storage``, see above).
-        storage_options: keyword arguments for the storages built from URIs (e.g. redis
-            ``socket_timeout``); default none.
+        storage_options: keyword arguments for the storages built from URIs; a Redis
+            storage gets ``socket_timeout`` and ``socket_connect_timeout`` of
+            :data:`REDIS_SOCKET_TIMEOUT` (0.5 s) unless given here, so that a stalled Redis
+            fails open or closed as a refused one does (default none).
         name: the policy's name in events and storage keys (default ``"ratelimit"``).
 
     Raises:
@@ -345,6 +351,11 @@ class RateLimit(GateMixin, Reconfigurable[RateLimitOptions], Policy):
             raise ValueError(f"{option} must be a URI with {want}, got {storage!r}")
         kwargs = dict(options)
         kwargs.setdefault("wrap_exceptions", True)
+        if "redis" in scheme:
+            # Without them a stalled Redis blocks a call for good, past any Timeout: a stall
+            # then fails open (or closed) like a refused connection does.
+            kwargs.setdefault("socket_timeout", REDIS_SOCKET_TIMEOUT)
+            kwargs.setdefault("socket_connect_timeout", REDIS_SOCKET_TIMEOUT)
         if asynchronous and scheme.startswith("async+redis"):
             kwargs.setdefault("implementation", "redispy")  # redis-py's asyncio client
         try:
