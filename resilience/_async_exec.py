@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _aio
-from ._sync_exec import retry_delay, wait_limit
+from ._sync_exec import compile_gates, retry_delay, wait_limit
 from .context import CallContext
 from .outcome import Outcome
 from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
@@ -266,43 +266,7 @@ _GENERATED: dict[tuple[bool, ...], Callable[..., AsyncNext]] = {}
 
 
 def _generate(io: tuple[bool, ...]) -> Callable[..., AsyncNext]:
-    n = len(io)
-    params = ", ".join(f"g{i}, a{i}, r{i}" for i in range(n))
-    lines = [f"def make(next, {params}):", "    async def gates_async(ctx):"]
-    ind = " " * 8
-    for i in range(n):
-        call = f"await a{i}(ctx, s{i})" if io[i] else f"a{i}(ctx, s{i})"
-        lines += [
-            f"{ind}c{i} = g{i}.clocked",
-            f"{ind}s{i} = ctx.clock.monotonic() if c{i} else 0.0",
-            f"{ind}p{i} = {call}",
-            f"{ind}if p{i}.kind:",
-            f"{ind}    p{i} = await admit_async(g{i}, ctx, p{i})",
-            f"{ind}    s{i} = ctx.clock.monotonic()",
-            f"{ind}    c{i} = True",
-            f"{ind}try:",
-        ]
-        ind += "    "
-    lines.append(f"{ind}result = await next(ctx)")
-    for i in reversed(range(n)):
-        ind = ind[:-4]
-        lines += [
-            f"{ind}except BaseException as exc:",
-            f"{ind}    _release_after_error(g{i}, ctx, p{i}, exc, s{i})",
-            f"{ind}    raise",
-            f"{ind}if g{i}.judges_results or ctx.classifier.checks_results:",
-            f"{ind}    await _release_after_result(g{i}, ctx, p{i}, result, s{i})",
-            f"{ind}elif c{i}:",
-            f"{ind}    now = ctx.clock.monotonic()",
-            f"{ind}    r{i}(p{i}, SUCCESS, now - s{i}, now, ctx)",
-            f"{ind}elif not g{i}.quiet_success:",
-            f"{ind}    r{i}(p{i}, SUCCESS, 0.0, 0.0, ctx)",
-        ]
-    lines += [f"{ind}return result", "    return gates_async"]
-    namespace = dict(_EXEC_GLOBALS)
-    exec(compile("\n".join(lines), f"<resilience gates_async x{n}>", "exec"), namespace)
-    make: Callable[..., AsyncNext] = namespace["make"]
-    return make
+    return compile_gates(io, True, _EXEC_GLOBALS)
 
 
 def gates_async(gates: Sequence[Gate], next: AsyncNext) -> AsyncNext:

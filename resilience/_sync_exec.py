@@ -255,42 +255,58 @@ _EXEC_GLOBALS: dict[str, Any] = {
 _GENERATED: dict[int, Callable[..., SyncNext]] = {}
 
 
-def _generate(n: int) -> Callable[..., SyncNext]:
-    params = ", ".join(f"g{i}, a{i}, r{i}" for i in range(n))
-    lines = [f"def make(next, {params}):", "    def gates_sync(ctx):"]
+def gates_source(io: tuple[bool, ...], asynchronous: bool) -> str:
+    """The source of ``make(next, g0, a0, r0, ...)``, which returns the step running
+    ``next`` under the gates ``g*`` (their ``acquire``/``aacquire`` ``a*``, ``release``
+    ``r*``), the first one outermost. ``io[i]``: gate ``i`` is admitted by an awaited
+    ``aacquire`` (async only). One source for both executors: the async one only awaits."""
+    aw = "await " if asynchronous else ""
+    kind = "async" if asynchronous else "sync"
+    params = ", ".join(f"g{i}, a{i}, r{i}" for i in range(len(io)))
+    lines = [f"def make(next, {params}):", f"    {'async ' if asynchronous else ''}def gates_{kind}(ctx):"]
     ind = " " * 8
-    for i in range(n):
+    for i, awaited in enumerate(io):
         lines += [
             f"{ind}c{i} = g{i}.clocked",
             f"{ind}s{i} = ctx.clock.monotonic() if c{i} else 0.0",
-            f"{ind}p{i} = a{i}(ctx, s{i})",
+            f"{ind}p{i} = {'await ' if awaited else ''}a{i}(ctx, s{i})",
             f"{ind}if p{i}.kind:",
-            f"{ind}    p{i} = admit_sync(g{i}, ctx, p{i})",
+            f"{ind}    p{i} = {aw}admit_{kind}(g{i}, ctx, p{i})",
             f"{ind}    s{i} = ctx.clock.monotonic()",
             f"{ind}    c{i} = True",
             f"{ind}try:",
         ]
         ind += "    "
-    lines.append(f"{ind}result = next(ctx)")
-    for i in reversed(range(n)):
+    lines.append(f"{ind}result = {aw}next(ctx)")
+    for i in reversed(range(len(io))):
         ind = ind[:-4]
         lines += [
             f"{ind}except BaseException as exc:",
             f"{ind}    _release_after_error(g{i}, ctx, p{i}, exc, s{i})",
             f"{ind}    raise",
             f"{ind}if g{i}.judges_results or ctx.classifier.checks_results:",
-            f"{ind}    _release_after_result(g{i}, ctx, p{i}, result, s{i})",
+            f"{ind}    {aw}_release_after_result(g{i}, ctx, p{i}, result, s{i})",
             f"{ind}elif c{i}:",
             f"{ind}    now = ctx.clock.monotonic()",
             f"{ind}    r{i}(p{i}, SUCCESS, now - s{i}, now, ctx)",
             f"{ind}elif not g{i}.quiet_success:",
             f"{ind}    r{i}(p{i}, SUCCESS, 0.0, 0.0, ctx)",
         ]
-    lines += [f"{ind}return result", "    return gates_sync"]
-    namespace = dict(_EXEC_GLOBALS)
-    exec(compile("\n".join(lines), f"<resilience gates_sync x{n}>", "exec"), namespace)
-    make: Callable[..., SyncNext] = namespace["make"]
+    lines += [f"{ind}return result", f"    return gates_{kind}"]
+    return "\n".join(lines)
+
+
+def compile_gates(io: tuple[bool, ...], asynchronous: bool, namespace: dict[str, Any]) -> Callable[..., Any]:
+    """``make`` of :func:`gates_source`, compiled with the executor's helpers in ``namespace``."""
+    scope = dict(namespace)
+    kind = "async" if asynchronous else "sync"
+    exec(compile(gates_source(io, asynchronous), f"<resilience gates_{kind} x{len(io)}>", "exec"), scope)
+    make: Callable[..., Any] = scope["make"]
     return make
+
+
+def _generate(n: int) -> Callable[..., SyncNext]:
+    return compile_gates((False,) * n, False, _EXEC_GLOBALS)
 
 
 def gates_sync(gates: Sequence[Gate], next: SyncNext) -> SyncNext:
