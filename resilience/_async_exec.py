@@ -172,33 +172,15 @@ def _gate_async_io(gate: Gate, aacquire: Any, next: AsyncNext) -> AsyncNext:
 def retry_async(policy: Retry, next: AsyncNext) -> AsyncNext:
     """The async loop of a :class:`~resilience.Retry` around ``next`` (see :func:`._sync_exec.retry_sync`)."""
     budget = policy.budget
-    if budget is None:
+    tally, stamp = (budget.tally, budget.stamp) if budget is not None else (None, None)
 
-        async def retry_async(ctx: CallContext) -> Any:
-            options = policy._options
-            if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
-                ctx.attempt = 1
-            try:
-                result = await next(ctx)
-            except Exception as exc:
-                error: Exception | None = exc
-                result = None
-            else:
-                if options.retry_if_result is None and not ctx.classifier.checks_results:
-                    return result
-                error = None
-            return await _retry_loop_async(policy, next, ctx, options, result, error)
-
-        return retry_async
-
-    tally, stamp = budget.tally, budget.stamp
-
-    async def budgeted_retry_async(ctx: CallContext) -> Any:
+    async def retry_async(ctx: CallContext) -> Any:
         options = policy._options
-        mark = tally()
-        if mark >= budget.due:
-            stamp(ctx.clock.monotonic(), mark)
-        if ctx.attempt != 1:
+        if tally is not None:
+            mark = tally()
+            if mark >= budget.due:  # type: ignore[union-attr]
+                stamp(ctx.clock.monotonic(), mark)  # type: ignore[misc]
+        if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
             ctx.attempt = 1
         try:
             result = await next(ctx)
@@ -211,8 +193,7 @@ def retry_async(policy: Retry, next: AsyncNext) -> AsyncNext:
             error = None
         return await _retry_loop_async(policy, next, ctx, options, result, error)
 
-    budgeted_retry_async.__name__ = "retry_async"
-    return budgeted_retry_async
+    return retry_async
 
 
 async def _retry_loop_async(

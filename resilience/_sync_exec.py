@@ -152,33 +152,15 @@ def retry_sync(policy: Retry, next: SyncNext) -> SyncNext:
     call; everything after a failure is in :func:`_retry_loop_sync`.
     """
     budget = policy.budget
-    if budget is None:
+    tally, stamp = (budget.tally, budget.stamp) if budget is not None else (None, None)
 
-        def retry_sync(ctx: CallContext) -> Any:
-            options = policy._options
-            if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
-                ctx.attempt = 1
-            try:
-                result = next(ctx)
-            except Exception as exc:
-                error: Exception | None = exc
-                result = None
-            else:
-                if options.retry_if_result is None and not ctx.classifier.checks_results:
-                    return result
-                error = None
-            return _retry_loop_sync(policy, next, ctx, options, result, error)
-
-        return retry_sync
-
-    tally, stamp = budget.tally, budget.stamp
-
-    def budgeted_retry_sync(ctx: CallContext) -> Any:
+    def retry_sync(ctx: CallContext) -> Any:
         options = policy._options
-        mark = tally()
-        if mark >= budget.due:
-            stamp(ctx.clock.monotonic(), mark)
-        if ctx.attempt != 1:
+        if tally is not None:
+            mark = tally()
+            if mark >= budget.due:  # type: ignore[union-attr]
+                stamp(ctx.clock.monotonic(), mark)  # type: ignore[misc]
+        if ctx.attempt != 1:  # a fresh context reads 1 from its class: no store
             ctx.attempt = 1
         try:
             result = next(ctx)
@@ -191,8 +173,7 @@ def retry_sync(policy: Retry, next: SyncNext) -> SyncNext:
             error = None
         return _retry_loop_sync(policy, next, ctx, options, result, error)
 
-    budgeted_retry_sync.__name__ = "retry_sync"
-    return budgeted_retry_sync
+    return retry_sync
 
 
 def _retry_loop_sync(
