@@ -99,9 +99,7 @@ class _Base:
         remaining = servicer_context.time_remaining()
         # A call without a deadline reports a huge remaining time: no deadline then.
         ctx = resolved.context(remaining if remaining is not None and remaining < 1e8 else None)
-        ctx.classifier = _ServerClassifier(
-            resolved.classifier.failure_codes, resolved.classifier.retryable_codes, resolved.classifier.pushback_codes
-        )
+        ctx.classifier = _server_classifier(resolved.classifier)
         return ctx
 
     def __repr__(self) -> str:
@@ -141,6 +139,18 @@ class _ServerClassifier(GrpcClassifier):
         if isinstance(exc, _CallerFault):
             return Outcome.IGNORED
         return super().error(exc)
+
+
+_SERVER_CLASSIFIERS: dict[tuple[frozenset[grpc.StatusCode], ...], _ServerClassifier] = {}
+
+
+def _server_classifier(client: GrpcClassifier) -> _ServerClassifier:
+    """The server's twin of a method's classifier, built once per set of codes."""
+    key = (client.failure_codes, client.retryable_codes, client.pushback_codes)
+    found = _SERVER_CLASSIFIERS.get(key)
+    if found is None:
+        found = _SERVER_CLASSIFIERS[key] = _ServerClassifier(*key)
+    return found
 
 
 def _caller_fault(context: Any, exc: BaseException) -> BaseException:
