@@ -7,11 +7,16 @@ carries that knowledge into the policies through the call context.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+from typing import TYPE_CHECKING
 
 from .errors import RejectedError
 
-__all__ = ["Classifier", "Outcome"]
+if TYPE_CHECKING:
+    from .context import CallContext
+
+__all__ = ["Classifier", "Outcome", "error_outcome", "is_cancellation"]
 
 
 class Outcome(enum.IntEnum):
@@ -72,3 +77,34 @@ class Classifier:
 
 
 DEFAULT_CLASSIFIER = Classifier()
+
+
+# asyncio fires a timer up to its clock resolution before the time asked; a cancellation
+# that close to the deadline is the deadline's.
+_DEADLINE_SLACK = 1e-3
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is an asyncio or trio cancellation."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    return type(exc).__name__ == "Cancelled" and type(exc).__module__.startswith("trio")
+
+
+def error_outcome(ctx: CallContext, exc: BaseException, now: float | None = None) -> Outcome:
+    """The outcome of an attempt that raised ``exc``, for breakers, limits and balancers.
+
+    The classifier decides, except for a cancellation that came when the call's deadline
+    had passed: an attempt cut by an outer :class:`~resilience.Timeout` was too slow, which
+    counts against the backend (``FAILURE``), where any other cancellation (a hedge that
+    lost, a caller that gave up) is ``IGNORED``.
+    """
+    if is_cancellation(exc):
+        deadline = ctx.deadline
+        if deadline is not None:
+            if now is None:
+                now = ctx.clock.monotonic()
+            if now + _DEADLINE_SLACK >= deadline:
+                return Outcome.FAILURE
+        return Outcome.IGNORED
+    return ctx.classifier.error(exc)

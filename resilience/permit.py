@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from .outcome import Outcome
+from .outcome import Outcome, error_outcome
 
 if TYPE_CHECKING:
     from .context import CallContext
@@ -199,7 +199,7 @@ class GateMixin:
     quiet_success: bool = False
 
     def judge_error(self, ctx: CallContext, exc: BaseException) -> Outcome:
-        return ctx.classifier.error(exc)
+        return error_outcome(ctx, exc)
 
     def judge_result(self, ctx: CallContext, result: object) -> Outcome:
         classifier = ctx.classifier

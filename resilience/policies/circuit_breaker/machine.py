@@ -18,7 +18,7 @@ from ...context import CallContext
 from ...errors import CircuitOpenError, IsolatedCircuitError
 from ...events import Listener, emit
 from ...options import Reconfigurable
-from ...outcome import Outcome
+from ...outcome import Outcome, error_outcome
 from ...permit import GateMixin, Permit, Rejection
 from ...policy import Policy
 from ..windows import CountWindow, TimeWindow
@@ -443,9 +443,9 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
         return CircuitOpenError(message, context=ctx, retry_after=retry_after)
 
     def judge_error(self, ctx: CallContext, exc: BaseException) -> Outcome:
-        outcome = ctx.classifier.error(exc)
+        outcome = error_outcome(ctx, exc)
         predicate = self._options.failure_predicate
-        if predicate is None or outcome is _IGNORED:
+        if predicate is None or outcome is _IGNORED or not isinstance(exc, Exception):
             return outcome
         return _FAILURE if predicate(exc) else _SUCCESS
 
