@@ -28,6 +28,7 @@ __all__ = [
     "PUSHBACK_KEY",
     "GrpcClassifier",
     "GrpcPolicies",
+    "GrpcStreamClassifier",
     "MethodPolicy",
     "ResolvedMethod",
     "parse_pushback",
@@ -234,6 +235,16 @@ class GrpcClassifier(Classifier):
         return f"GrpcClassifier(retryable_codes={names})"
 
 
+class GrpcStreamClassifier(GrpcClassifier):
+    """The classifier of response-streaming calls: their attempts return a
+    :class:`~resilience.outcome.Pending` stream, judged when it ends, so the policies look
+    at results (``checks_results``)."""
+
+    __slots__ = ()
+
+    checks_results = True
+
+
 @dataclass(frozen=True, slots=True)
 class MethodPolicy:
     """The policies and settings of a method, a service, or the default.
@@ -296,6 +307,7 @@ class ResolvedMethod:
         "pipeline",
         "replays",
         "service",
+        "stream_classifier",
         "tags",
     )
 
@@ -310,7 +322,9 @@ class ResolvedMethod:
         self.service, self.method = split_method(full_method)
         self.pipeline: Pipeline | None = pick("pipeline")
         self.idempotent: bool = bool(pick("idempotent"))
-        self.classifier = GrpcClassifier(pick("failure_codes"), pick("retryable_codes"), pick("pushback_codes"))
+        codes = (pick("failure_codes"), pick("retryable_codes"), pick("pushback_codes"))
+        self.classifier = GrpcClassifier(*codes)
+        self.stream_classifier = GrpcStreamClassifier(*codes)
         tags = pick("tags")
         self.tags: dict[str, str] | None = dict(tags) if tags else None
         limit = pick("max_buffered_requests")
@@ -329,8 +343,9 @@ class ResolvedMethod:
             self.clock = SYSTEM_CLOCK
             self.listeners = ()
 
-    def context(self, timeout: float | None) -> CallContext:
-        """A new context for one call of this method."""
+    def context(self, timeout: float | None, streaming: bool = False) -> CallContext:
+        """A new context for one call of this method; ``streaming`` for a response-streaming
+        call, whose attempts return a :class:`~resilience.outcome.Pending` stream."""
         clock = self.clock
         ctx = CallContext(
             self.service,
@@ -338,7 +353,7 @@ class ResolvedMethod:
             idempotent=self.idempotent,
             tags=dict(self.tags) if self.tags is not None else None,
             clock=clock,
-            classifier=self.classifier,
+            classifier=self.stream_classifier if streaming else self.classifier,
             listeners=self.listeners,
         )
         if timeout is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import RejectedError
@@ -16,7 +18,7 @@ from .errors import RejectedError
 if TYPE_CHECKING:
     from .context import CallContext
 
-__all__ = ["Classifier", "Outcome", "error_outcome", "is_cancellation"]
+__all__ = ["Classifier", "Outcome", "Pending", "error_outcome", "is_cancellation"]
 
 
 class Outcome(enum.IntEnum):
@@ -108,3 +110,53 @@ def error_outcome(ctx: CallContext, exc: BaseException, now: float | None = None
                 return Outcome.FAILURE
         return Outcome.IGNORED
     return ctx.classifier.error(exc)
+
+
+EndCallback = Callable[[BaseException | None], None]
+
+
+class Pending:
+    """A result whose outcome is known only later: a response stream, judged at its end.
+
+    An attempt that returns a ``Pending`` keeps the permits of the gates around it (a
+    bulkhead slot, a breaker's verdict, a concurrency limit's sample) until :meth:`end` is
+    called: with ``None`` when the result ended well, or the error it ended with (a
+    cancellation included), which is then judged as an attempt's error would be. The
+    executors only look for it when ``ctx.classifier.checks_results`` is true.
+
+    Subclasses call :meth:`end` exactly once (later calls do nothing); callbacks registered
+    after the end run at once. Thread-safe.
+    """
+
+    __slots__ = ("_end_callbacks", "_end_error", "_end_lock", "_ended")
+
+    def __init__(self) -> None:
+        self._end_callbacks: list[EndCallback] = []
+        self._end_error: BaseException | None = None
+        self._ended = False
+        self._end_lock = threading.Lock()
+
+    def on_end(self, fn: EndCallback) -> None:
+        """Call ``fn(error)`` once the result has ended (at once when it has)."""
+        with self._end_lock:
+            if not self._ended:
+                self._end_callbacks.append(fn)
+                return
+        fn(self._end_error)
+
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`end` was called."""
+        return self._ended
+
+    def end(self, error: BaseException | None = None) -> bool:
+        """The result has ended (``error`` is ``None`` for a good end); ``False`` when it had already."""
+        with self._end_lock:
+            if self._ended:
+                return False
+            self._ended = True
+            self._end_error = error
+            callbacks, self._end_callbacks = self._end_callbacks, []
+        for fn in callbacks:
+            fn(error)
+        return True
