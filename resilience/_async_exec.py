@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _aio
-from ._sync_exec import compile_gates, retry_delay, wait_limit
+from ._sync_exec import compile_gates, release_at_end, retry_delay, wait_limit
 from .context import CallContext
-from .outcome import Outcome
+from .outcome import Outcome, Pending
 from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
 from .policy import AsyncNext
 
@@ -28,6 +28,9 @@ _SUCCESS = Outcome.SUCCESS
 
 
 async def _release_after_result(gate: Gate, ctx: CallContext, permit: Permit, result: Any, start: float) -> None:
+    if isinstance(result, Pending):
+        release_at_end(gate, ctx, permit, result, start)
+        return
     try:
         outcome = gate.judge_result(ctx, result)
     except BaseException:

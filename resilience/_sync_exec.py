@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context import CallContext
-from .outcome import Outcome
+from .outcome import Outcome, Pending
 from .permit import DELAYED, QUEUED, REJECTED, Gate, Permit, Rejection, Ticket
 from .policy import SyncNext
 
@@ -65,7 +65,24 @@ def _release_after_error(gate: Gate, ctx: CallContext, permit: Permit, exc: Base
     gate.release(permit, outcome, now - start, now, ctx)
 
 
+def release_at_end(gate: Gate, ctx: CallContext, permit: Permit, pending: Pending, start: float) -> None:
+    """Keep ``permit`` until ``pending`` ends, then release it with the end's outcome."""
+
+    def ended(error: BaseException | None) -> None:
+        try:
+            outcome = gate.judge_result(ctx, pending) if error is None else gate.judge_error(ctx, error)
+        except Exception:
+            outcome = _IGNORED
+        now = ctx.clock.monotonic()
+        gate.release(permit, outcome, now - start, now, ctx)
+
+    pending.on_end(ended)
+
+
 def _release_after_result(gate: Gate, ctx: CallContext, permit: Permit, result: Any, start: float) -> None:
+    if isinstance(result, Pending):
+        release_at_end(gate, ctx, permit, result, start)
+        return
     try:
         outcome = gate.judge_result(ctx, result)
     except BaseException:
