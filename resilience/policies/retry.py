@@ -17,7 +17,7 @@ from .._async_exec import retry_async
 from .._sync_exec import retry_sync
 from .._validate import ErrorFilter, Seconds, as_seconds, error_predicate, integer, seconds
 from ..context import CallContext
-from ..errors import DeadlineExceededError, RetryBudgetExhaustedError
+from ..errors import DeadlineExceededError, RejectedError, RetryBudgetExhaustedError
 from ..events import RetryGaveUp, RetryScheduled, emit
 from ..options import Options, Reconfigurable
 from ..policy import AsyncNext, Policy, SyncNext
@@ -30,8 +30,44 @@ _DEFAULT_BUDGET: Any = object()
 _DEFAULT_BACKOFF = ExponentialJitter(0.1, 2.0, 10.0)  # a backoff is a pure curve: one instance serves all
 
 
+RejectionFilter = bool | type[RejectedError] | tuple[type[RejectedError], ...] | Callable[[RejectedError], bool]
+"""Which local rejections a :class:`Retry` tries again: ``True`` (all), ``False`` (none),
+:class:`~resilience.RejectedError` subclasses, or a predicate on the rejection."""
+
+
 def _always(exc: BaseException) -> bool:
     return True
+
+
+_REJECTIONS_ALLOWED = (
+    "True, False, RejectedError subclasses (CircuitOpenError, BulkheadFullError, RateLimitedError, "
+    "ThrottledError, ConcurrencyLimitError, NoEndpointError...), a tuple of them, or a predicate"
+)
+
+
+def _rejection_predicate(value: object) -> Callable[[BaseException], bool] | None:
+    """``retry_rejections`` as a predicate on rejections; ``None`` when none is retried."""
+    if isinstance(value, bool):
+        return _always if value else None
+    if isinstance(value, type):
+        types: tuple[type, ...] = (value,)
+    elif isinstance(value, tuple) and all(isinstance(t, type) for t in value):
+        types = value
+    elif callable(value):
+        return value
+    else:
+        raise TypeError(f"retry_rejections must be {_REJECTIONS_ALLOWED}, got {value!r}")
+    for t in types:
+        if not issubclass(t, RejectedError):
+            raise TypeError(
+                f"retry_rejections takes local rejections, subclasses of RejectedError; {t.__name__} is not "
+                f"one (errors from the backend are chosen by retry_on), got {value!r}"
+            )
+    if not types:
+        return None
+    if RejectedError in types:
+        return _always
+    return lambda exc: isinstance(exc, types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +84,15 @@ class RetryOptions(Options):
             ends the retries
             (default 60); a ``timedelta`` is accepted too and stored as seconds.
         retry_non_idempotent: retry calls marked non-idempotent too (default ``False``).
+        retry_rejections: the local rejections to try again: ``True`` (all), ``False`` (none,
+            the default), :class:`~resilience.RejectedError` subclasses (one, or a tuple), or
+            a predicate on the rejection. A rejection by a policy of this call (an open circuit,
+            a full bulkhead, a rate limit, a throttle, a concurrency limit, no healthy
+            endpoint: a :class:`~resilience.RejectedError`) reached no server, so it is not
+            the classifier's to judge nor ``retry_on``'s: by default it ends the call at
+            once. One that is retried waits its ``retry_after`` (when it has one, and it
+            is at most ``max_pushback`` and fits before the deadline; else the retries
+            end with the rejection) or the ``backoff``, for any call, idempotent or not.
 
     Raises:
         ValueError: an option is out of range.
@@ -60,7 +105,11 @@ class RetryOptions(Options):
     retry_if_result: Callable[[Any], bool] | None = None
     max_pushback: float = 60.0
     retry_non_idempotent: bool = False
+    retry_rejections: RejectionFilter = False
     retry_predicate: Callable[[BaseException], bool] = field(init=False, default=_always, repr=False, compare=False)
+    rejection_predicate: Callable[[BaseException], bool] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.set("attempts", integer("attempts", self.attempts, minimum=1, maximum=100))
@@ -73,6 +122,7 @@ class RetryOptions(Options):
             raise TypeError(f"retry_if_result must be a callable or None, got {self.retry_if_result!r}")
         self.set("max_pushback", seconds("max_pushback", self.max_pushback, allow_zero=True, bounded=True))
         self.set("retry_non_idempotent", bool(self.retry_non_idempotent))
+        self.set("rejection_predicate", _rejection_predicate(self.retry_rejections))
 
 
 class _GiveUp:
@@ -90,6 +140,7 @@ class _GiveUp:
 
 
 _NOT_RETRYABLE = _GiveUp("not_retryable")
+_REJECTED = _GiveUp("rejected")
 
 
 class Retry(Reconfigurable[RetryOptions], Policy):
@@ -118,6 +169,15 @@ class Retry(Reconfigurable[RetryOptions], Policy):
     classifier (a response is closed). When no attempt is left, the last result is
     returned, or the last error raised. Every call deposits one request in the budget.
 
+    **Local rejections.** An attempt refused by a policy of the call itself (an open
+    breaker, a full bulkhead, a rate limit, no endpoint whose health admits: a
+    :class:`~resilience.RejectedError`) is not server pushback: it ends the call at once,
+    with that rejection, whatever the classifier and ``retry_on`` say — waiting out an open
+    breaker's ``retry_after`` on every call is what a breaker is there to prevent. With
+    discovery, the endpoint pool already skips an endpoint whose health rejects, so a
+    retry goes to a healthy one; the pool's rejection means none is left. ``retry_rejections``
+    opts in to retrying chosen rejections (see :class:`RetryOptions`).
+
     **Options and reconfigure.** The keywords build a :class:`RetryOptions` (defaults and
     ranges there); ``options=`` takes one whole. A call reads the options once, when it
     starts: :meth:`reconfigure` applies to calls that start after it, and calls in flight
@@ -125,8 +185,8 @@ class Retry(Reconfigurable[RetryOptions], Policy):
     but the budget, which is a shared object and is left as it is (reconfigure it apart).
 
     Args:
-        attempts, backoff, retry_on, retry_if_result, max_pushback, retry_non_idempotent:
-            see :class:`RetryOptions`.
+        attempts, backoff, retry_on, retry_if_result, max_pushback, retry_non_idempotent,
+            retry_rejections: see :class:`RetryOptions`.
         options: the whole options object (instead of the keywords above).
         budget: a shared :class:`RetryBudget`; ``None`` for no budget (default: a budget of
             20% of requests plus 10 retries per second, owned by this policy).
@@ -153,6 +213,7 @@ class Retry(Reconfigurable[RetryOptions], Policy):
         budget: RetryBudget | None = _DEFAULT_BUDGET,
         max_pushback: Seconds = 60.0,
         retry_non_idempotent: bool = False,
+        retry_rejections: RejectionFilter = False,
         rng: random.Random | None = None,
         name: str | None = None,
     ) -> None:
@@ -165,6 +226,7 @@ class Retry(Reconfigurable[RetryOptions], Policy):
                 retry_if_result=retry_if_result,
                 max_pushback=as_seconds(max_pushback),
                 retry_non_idempotent=retry_non_idempotent,
+                retry_rejections=retry_rejections,
             )
         elif not isinstance(options, RetryOptions):
             raise TypeError(f"options must be RetryOptions, got {options!r}")
@@ -205,6 +267,11 @@ class Retry(Reconfigurable[RetryOptions], Policy):
         """Whether calls marked non-idempotent are retried too."""
         return self._options.retry_non_idempotent
 
+    @property
+    def retry_rejections(self) -> RejectionFilter:
+        """The local rejections tried again (``False``: none)."""
+        return self._options.retry_rejections
+
     # -- the decision core, shared by both executors -------------------------------------
 
     @staticmethod
@@ -218,9 +285,21 @@ class Retry(Reconfigurable[RetryOptions], Policy):
         self, ctx: CallContext, options: RetryOptions, attempt: int, previous: float, error: BaseException | None
     ) -> float | _GiveUp:
         """After failed attempt ``attempt``: the delay before the next one, or why to stop."""
-        if error is not None and not (ctx.classifier.retryable_error(error) and options.retry_predicate(error)):
-            return _NOT_RETRYABLE
+        rejected = False
+        if error is not None:
+            if isinstance(error, RejectedError):
+                # A policy of this call refused the attempt (an open breaker, no healthy
+                # endpoint...): it reached no server, and its retry_after is no pushback.
+                # Never the classifier's to judge (it may dress as a gRPC UNAVAILABLE).
+                wanted = options.rejection_predicate
+                if wanted is None or not wanted(error):
+                    return _REJECTED
+                rejected = True
+            elif not (ctx.classifier.retryable_error(error) and options.retry_predicate(error)):
+                return _NOT_RETRYABLE
         pushback, ctx.pushback = ctx.pushback, None
+        if rejected:
+            pushback = error.retry_after  # type: ignore[union-attr]
         if attempt >= options.attempts:
             step: float | _GiveUp = _GiveUp("attempts")
         elif ctx.committed:
@@ -228,6 +307,7 @@ class Retry(Reconfigurable[RetryOptions], Policy):
         elif (
             not ctx.idempotent
             and not options.retry_non_idempotent
+            and not rejected
             and (error is None or not ctx.classifier.unsent(error))
         ):
             step = _GiveUp("non_idempotent")  # an attempt that sent nothing may be retried anyway
@@ -244,10 +324,12 @@ class Retry(Reconfigurable[RetryOptions], Policy):
             budget = self.budget
             if pushback is not None and delay > options.max_pushback:
                 # Honoured or given up on, never shortened (gRPC A6): retrying sooner than the
-                # server asked is what the pushback was sent to prevent.
-                step = _GiveUp("pushback_too_long", delay, options.max_pushback)
+                # server asked is what the pushback was sent to prevent (and sooner than a
+                # rejection's retry_after is only another rejection).
+                step = _GiveUp("retry_after_too_long" if rejected else "pushback_too_long", delay, options.max_pushback)
             elif ctx.deadline is not None and now + delay >= ctx.deadline:
-                reason = "deadline_pushback" if pushback is not None else "deadline"
+                # A rejection that cannot wait ends the call as itself, not as a deadline.
+                reason = "deadline_pushback" if pushback is not None and not rejected else "deadline"
                 step = _GiveUp(reason, delay, ctx.deadline - now)
             elif budget is not None and budget.acquire(ctx, now).kind:
                 step = _GiveUp("budget")
