@@ -22,12 +22,18 @@ that this library's client honours. The ``authenticate`` hook runs first; a fals
 ends the call with ``UNAUTHENTICATED``; a truthy one is the principal, which the handler
 reads with :func:`current_principal`.
 
-For methods with a response stream, the pipeline admits the call and covers the handler
-until it returns its iterator, not the whole stream.
+A response-streaming call (unary-stream, stream-stream) is covered for its whole life:
+the permits of the pipeline's gates (a concurrency limit's slot, a bulkhead's place, a
+breaker's verdict) are held until the handler's stream ends — exhausted, failed, or
+given up by the client (a cancel, a deadline) — and the outcome recorded is that end: a
+handler failing after its first message is a failure. A request-streaming call with a
+single response is covered until its handler returns, as a unary call is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -41,7 +47,7 @@ import grpc.aio
 from resilience._validate import Seconds, seconds
 from resilience.context import CallContext
 from resilience.errors import RejectedError
-from resilience.outcome import Outcome
+from resilience.outcome import Outcome, Pending
 
 from . import _grpc_common as _c
 from ._grpc_common import PUSHBACK_KEY, GrpcClassifier, GrpcPolicies, MethodPolicy, ResolvedMethod, as_policies
@@ -95,11 +101,11 @@ class _Base:
         millis = max(0, math.ceil(retry_after * 1000.0))
         return str(error), ((PUSHBACK_KEY, str(millis)),)
 
-    def _context(self, resolved: ResolvedMethod, servicer_context: Any) -> CallContext:
+    def _context(self, resolved: ResolvedMethod, servicer_context: Any, streaming: bool = False) -> CallContext:
         remaining = servicer_context.time_remaining()
         # A call without a deadline reports a huge remaining time: no deadline then.
         ctx = resolved.context(remaining if remaining is not None and remaining < 1e8 else None)
-        ctx.classifier = _server_classifier(resolved.classifier)
+        ctx.classifier = _server_classifier(resolved.classifier, streaming)
         return ctx
 
     def __repr__(self) -> str:
@@ -141,20 +147,71 @@ class _ServerClassifier(GrpcClassifier):
         return super().error(exc)
 
 
-_SERVER_CLASSIFIERS: dict[tuple[frozenset[grpc.StatusCode], ...], _ServerClassifier] = {}
+class _ServerStreamClassifier(_ServerClassifier):
+    """The server classifier of response-streaming calls: their attempts return a
+    :class:`_HandlerStream`, judged when it ends (``checks_results``)."""
+
+    __slots__ = ()
+
+    checks_results = True
 
 
-def _server_classifier(client: GrpcClassifier) -> _ServerClassifier:
-    """The server's twin of a method's classifier, built once per set of codes."""
-    key = (client.failure_codes, client.retryable_codes, client.pushback_codes)
+_SERVER_CLASSIFIERS: dict[tuple[Any, ...], _ServerClassifier] = {}
+
+
+def _server_classifier(client: GrpcClassifier, streaming: bool = False) -> _ServerClassifier:
+    """The server's twin of a method's classifier, built once per set of codes and kind."""
+    codes = (client.failure_codes, client.retryable_codes, client.pushback_codes)
+    key = (*codes, streaming)
     found = _SERVER_CLASSIFIERS.get(key)
     if found is None:
-        found = _SERVER_CLASSIFIERS[key] = _ServerClassifier(*key)
+        kind = _ServerStreamClassifier if streaming else _ServerClassifier
+        found = _SERVER_CLASSIFIERS[key] = kind(*codes)
     return found
+
+
+class _HandlerStream(Pending):
+    """A handler's responses, judged when they end: the gates of the pipeline keep their
+    permits until :meth:`end` (see :class:`~resilience.outcome.Pending`)."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self, responses: Any) -> None:
+        super().__init__()
+        self.responses = responses
+
+    def cancel(self) -> None:
+        """Thrown away unread (a policy discarded it): close the responses, end as cancelled."""
+        self.abandon(_gone())
+
+    def abandon(self, error: BaseException) -> None:
+        """Never to be read: close the responses (a generator, or a coroutine) and end with ``error``."""
+        close = getattr(self.responses, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # a generator running in another thread
+                _log.debug("could not close an abandoned response stream", exc_info=True)
+        self.end(error)
+
+
+def _gone() -> BaseException:
+    """The end of a stream its client gave up (a cancel, a deadline): a cancellation, which
+    counts against the server only when the call's deadline has passed
+    (:func:`~resilience.outcome.error_outcome`), as a cancelled aio handler does."""
+    return asyncio.CancelledError("the client cancelled the call or its deadline passed")
+
+
+def _reset_principal(token: contextvars.Token[Any]) -> None:
+    # A stream closed from another context (a finalizer) has nothing to restore.
+    with contextlib.suppress(ValueError):
+        _principal.reset(token)
 
 
 def _caller_fault(context: Any, exc: BaseException) -> BaseException:
     """``exc`` wrapped as a caller's fault when the handler aborted with such a code, else itself."""
+    if not isinstance(exc, Exception):  # a cancellation is judged as such
+        return exc
     try:
         code = context.code()
     except Exception:  # a context that cannot say
@@ -221,6 +278,7 @@ class ServerResilienceInterceptor(_Base, _c.ServerInterceptor):
             try:
                 if pipeline is None:
                     return behavior(request, context)
+
                 def attempt(_ctx: CallContext) -> Any:
                     try:
                         return behavior(request, context)
@@ -234,7 +292,7 @@ class ServerResilienceInterceptor(_Base, _c.ServerInterceptor):
                 except _CallerFault as fault:
                     raise fault.error from None
             finally:
-                _principal.reset(token)
+                _reset_principal(token)
 
         def streaming(request: Any, context: Any) -> Iterator[Any]:
             token = _principal.set(principal)
@@ -242,15 +300,47 @@ class ServerResilienceInterceptor(_Base, _c.ServerInterceptor):
                 if pipeline is None:
                     yield from behavior(request, context)
                     return
+                created: _HandlerStream | None = None
+
+                def attempt(_ctx: CallContext) -> _HandlerStream:
+                    nonlocal created
+                    try:
+                        created = _HandlerStream(behavior(request, context))
+                    except Exception as exc:
+                        raise _caller_fault(context, exc) from None
+                    return created
+
                 try:
-                    responses = pipeline.execute(
-                        lambda _ctx: behavior(request, context), self._context(resolved, context)
-                    )
-                except RejectedError as error:
-                    self._reject(context, error)
-                yield from responses
+                    result = pipeline.execute(attempt, self._context(resolved, context, streaming=True))
+                except BaseException as exc:
+                    if created is not None:  # the pipeline failed after the handler answered
+                        created.abandon(exc)
+                    if isinstance(exc, RejectedError):
+                        self._reject(context, exc)
+                    if isinstance(exc, _CallerFault):
+                        raise exc.error from None
+                    raise
+                if not isinstance(result, _HandlerStream):  # a fallback's answer
+                    yield from result
+                    return
+                stream = result
+                # grpc drops the iterator of a call its client gave up at the next message it
+                # sends; a handler blocked before that is still covered by this callback, which
+                # runs as soon as the call ends.
+                if not context.add_callback(lambda: stream.end(_gone())):
+                    stream.end(_gone())
+                    return
+                try:
+                    yield from stream.responses
+                except GeneratorExit:
+                    stream.end(_gone())
+                    raise
+                except BaseException as exc:
+                    stream.end(_caller_fault(context, exc))
+                    raise
+                stream.end()
             finally:
-                _principal.reset(token)
+                _reset_principal(token)
 
         return _handler_like(handler, unary, streaming, unary, streaming)
 
@@ -309,6 +399,7 @@ class AioServerResilienceInterceptor(_Base, _c.AioServerInterceptor):
             try:
                 if pipeline is None:
                     return await behavior(request, context)
+
                 async def attempt(_ctx: CallContext) -> Any:
                     try:
                         return await behavior(request, context)
@@ -322,27 +413,62 @@ class AioServerResilienceInterceptor(_Base, _c.AioServerInterceptor):
                 except _CallerFault as fault:
                     raise fault.error from None
             finally:
-                _principal.reset(token)
+                _reset_principal(token)
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
             token = _principal.set(principal)
+            stream: _HandlerStream | None = None
             try:
                 if pipeline is None:
                     responses = behavior(request, context)
                 else:
+                    created: _HandlerStream | None = None
+
+                    async def attempt(_ctx: CallContext) -> _HandlerStream:
+                        nonlocal created
+                        try:
+                            created = _HandlerStream(behavior(request, context))
+                        except Exception as exc:
+                            raise _caller_fault(context, exc) from None
+                        return created
+
                     try:
-                        responses = await pipeline.aexecute(
-                            lambda _ctx: _started(behavior(request, context)), self._context(resolved, context)
-                        )
-                    except RejectedError as error:
-                        await self._reject(context, error)
-                if hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
-                elif inspect.isawaitable(responses):
-                    await responses  # a handler that answers with context.write()
+                        result = await pipeline.aexecute(attempt, self._context(resolved, context, streaming=True))
+                    except BaseException as exc:
+                        if created is not None:  # the pipeline failed after the handler answered
+                            created.abandon(exc)
+                        if isinstance(exc, RejectedError):
+                            await self._reject(context, exc)
+                        if isinstance(exc, _CallerFault):
+                            raise exc.error from None
+                        raise
+                    if isinstance(result, _HandlerStream):
+                        stream = result
+                        responses = result.responses
+                        # A call given up while its handler waits to send is cancelled in grpc's
+                        # own write, not here: the end is seen when the call's task is done.
+                        context.add_done_callback(lambda _context: result.end(_gone()))
+                    else:  # a fallback's answer
+                        responses = result
+                try:
+                    if hasattr(responses, "__aiter__"):
+                        async for response in responses:
+                            yield response
+                    elif inspect.isawaitable(responses):
+                        await responses  # a handler that answers with context.write()
+                except GeneratorExit:
+                    if stream is not None:
+                        stream.end(_gone())
+                    await _aclose(responses)
+                    raise
+                except BaseException as exc:
+                    if stream is not None:
+                        stream.end(_caller_fault(context, exc))
+                    raise
+                if stream is not None:
+                    stream.end()
             finally:
-                _principal.reset(token)
+                _reset_principal(token)
 
         return _handler_like(handler, unary, streaming, unary, streaming)
 
@@ -362,6 +488,12 @@ class AioServerResilienceInterceptor(_Base, _c.AioServerInterceptor):
         return _handler_like(handler, refuse, refuse_stream, refuse, refuse_stream)
 
 
-async def _started(responses: Any) -> Any:
-    """Hand an async generator (or a write-style coroutine) back through ``aexecute``."""
-    return responses
+async def _aclose(responses: Any) -> None:
+    """Close a handler's responses left unfinished (an async generator, or a coroutine never awaited)."""
+    aclose = getattr(responses, "aclose", None)
+    if aclose is not None:
+        await aclose()
+        return
+    close = getattr(responses, "close", None)
+    if close is not None:
+        close()
