@@ -46,7 +46,7 @@ from .errors import (
 )
 from .events import BulkheadRejected, Event, FallbackUsed, Listener, RetryGaveUp, RetryScheduled, TimeoutExpired
 from .options import Options, Reconfigurable
-from .outcome import Classifier, Outcome
+from .outcome import Classifier, Outcome, Pending
 from .permit import Gate, Permit, Rejection
 from .pipeline import Pipeline
 from .policies import (
@@ -166,6 +166,7 @@ __all__ = [
     "NoEndpointError",
     "Options",
     "Outcome",
+    "Pending",
     "Permit",
     "Pipeline",
     "Policy",
