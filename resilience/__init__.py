@@ -46,7 +46,7 @@ from .errors import (
 )
 from .events import BulkheadRejected, Event, FallbackUsed, Listener, RetryGaveUp, RetryScheduled, TimeoutExpired
 from .options import Options, Reconfigurable
-from .outcome import Classifier, Outcome, Pending
+from .outcome import Classifier, Outcome, Pending, error_outcome, is_cancellation
 from .permit import Gate, Permit, Rejection
 from .pipeline import Pipeline
 from .policies import (
@@ -202,7 +202,9 @@ __all__ = [
     "TokenBucket",
     "TokenBucketOptions",
     "discovery_from_uri",
+    "error_outcome",
     "in_loop",
+    "is_cancellation",
     "known_schemes",
     "register_scheme",
     "subscribe_in_loop",
