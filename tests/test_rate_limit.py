@@ -637,3 +637,131 @@ def test_a_stalled_redis_fails_open_instead_of_blocking_the_call() -> None:
         if server.proc is not None:
             server.proc.send_signal(signal.SIGCONT)
         server.close()
+
+
+# -- issue 9, item 20: the in-memory storage frees idle keys -----------------------------------
+
+
+def _stored_keys(policy: RateLimit) -> int:
+    """Every per-key entry the policy's memory storage holds: moving windows, ``limits``'
+    own window lists, counters and per-key locks."""
+    storage: Any = policy._storage
+    return (
+        len(getattr(storage, "_windows", {}))
+        + len(storage.events)
+        + len(storage.storage)
+        + len(storage.expirations)
+        + len(storage.locks)
+    )
+
+
+def _tenants(mode: str, pipeline: Pipeline, names: list[str]) -> list[str]:
+    """One call per tenant name, in ``mode``: ``"ok"`` or ``"limited"`` each."""
+
+    def verdict(exc: BaseException | None) -> str:
+        return "limited" if isinstance(exc, RateLimitedError) else "ok"
+
+    if mode == "sync":
+        seen = []
+        for name in names:
+            try:
+                pipeline.execute(lambda c: "ok", pipeline.context(tags={"tenant": name}))
+                seen.append("ok")
+            except RateLimitedError as exc:
+                seen.append(verdict(exc))
+        return seen
+
+    async def main() -> list[str]:
+        async def ok(c: CallContext) -> str:
+            return "ok"
+
+        seen = []
+        for name in names:
+            try:
+                await pipeline.aexecute(ok, pipeline.context(tags={"tenant": name}))
+                seen.append("ok")
+            except RateLimitedError as exc:
+                seen.append(verdict(exc))
+        return seen
+
+    import trio
+
+    return trio.run(main) if mode == "trio" else asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
+def test_the_default_memory_storage_frees_the_keys_of_idle_tenants(mode: str, lclock: FakeClock) -> None:
+    policy = RateLimit("100/second", key="{tenant}")
+    pipeline = Pipeline(policy, clock=lclock)
+    tenants = [f"tenant-{i}" for i in range(2000)]
+    assert _tenants(mode, pipeline, tenants) == ["ok"] * 2000
+    assert _stored_keys(policy) == 2000
+    lclock.advance(1.5)  # every tenant's window is over
+    # One tenant goes on calling; each call checks the next 128 keys: 2000 / 128 -> 16 calls.
+    assert _tenants(mode, pipeline, ["busy"] * 17) == ["ok"] * 17
+    assert _stored_keys(policy) == 1  # only the busy tenant's window is left
+    assert _tenants(mode, pipeline, ["tenant-7"]) == ["ok"]  # a tenant that comes back starts afresh
+    assert policy.remaining("tenant-7") == 99
+
+
+def test_a_sweep_keeps_the_windows_that_still_hold_permits(lclock: FakeClock) -> None:
+    policy = RateLimit("2/second", key="{tenant}")
+    pipeline = Pipeline(policy, clock=lclock)
+    assert _tenants("sync", pipeline, ["old"]) == ["ok"]  # t=0; a sweep pass is due at t=1
+    lclock.advance(0.6)
+    assert _tenants("sync", pipeline, ["busy", "busy"]) == ["ok", "ok"]
+    lclock.advance(0.6)  # t=1.2: old's permit has left its window, busy's two have not
+    assert outcome("sync", pipeline, pipeline.context(tags={"tenant": "busy"})) == pytest.approx(0.4, abs=1e-6)
+    assert _stored_keys(policy) == 1
+    assert policy.remaining("busy") == 0
+    policy.reset("busy")
+    assert _stored_keys(policy) == 0
+
+
+def test_the_memory_storage_decides_as_limits_own_does() -> None:
+    import random as random_module
+
+    from resilience.policies.rate_limit import _SweptMemoryStorage
+
+    now = [1_700_000_000.0]
+    fake_time = types.SimpleNamespace(time=lambda: now[0])
+    rng = random_module.Random(7)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limits.storage.memory, "time", fake_time)
+        ours, theirs = _SweptMemoryStorage(), limits.storage.memory.MemoryStorage()
+        theirs.timer.cancel()  # its trimming runs on a real-time thread; leave it out
+        keys = [f"k{i}" for i in range(6)]
+        for _ in range(5000):
+            now[0] += rng.choice([0.0, 0.01, 0.05, 0.2, 0.7, 1.3])
+            key, limit = rng.choice(keys), rng.choice([1, 3, 5])
+            expiry, amount = rng.choice([1, 2]), rng.choice([1, 1, 1, 2])
+            key = f"{key}/{limit}/{expiry}"
+            assert ours.acquire_entry(key, limit, expiry, amount) == theirs.acquire_entry(key, limit, expiry, amount)
+            start, inside = ours.get_moving_window(key, limit, expiry)
+            expected_start, expected_inside = theirs.get_moving_window(key, limit, expiry)
+            assert inside == expected_inside
+            if inside:
+                assert start == expected_start
+        assert ours.window_count <= len(keys) * 6 and len(theirs.events) >= ours.window_count
+
+
+def test_the_memory_storage_admits_exactly_the_limit_across_threads() -> None:
+    import threading
+
+    policy = RateLimit("50/hour")
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def hits() -> None:
+        for _ in range(100):
+            admitted = not isinstance(policy.acquire(CallContext(), 0.0), Rejection)
+            with lock:
+                results.append(admitted)
+
+    threads = [threading.Thread(target=hits) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 800
+    assert sum(results) == 50
