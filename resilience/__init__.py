@@ -14,7 +14,21 @@ on first use, ``resilience.PyBreakerPolicy``, and are not in ``__all__``, so tha
 
 from typing import TYPE_CHECKING
 
-from .balancing import Balancer, EndpointPool, EndpointState, NoEndpointError, RoundRobin, Selection
+from .balancing import (
+    Balancer,
+    EndpointPool,
+    EndpointState,
+    NoEndpointError,
+    OutlierEjection,
+    OutlierEjectionOptions,
+    OutlierTracker,
+    PeakEwma,
+    PeakEwmaOptions,
+    RoundRobin,
+    Selection,
+    WeightedRoundRobin,
+    ZonePreference,
+)
 from .clock import Clock, FakeClock, SystemClock, TimerHandle
 from .context import CallContext
 from .discovery import (
@@ -44,7 +58,17 @@ from .errors import (
     RetryBudgetExhaustedError,
     ThrottledError,
 )
-from .events import BulkheadRejected, Event, FallbackUsed, Listener, RetryGaveUp, RetryScheduled, TimeoutExpired
+from .events import (
+    BulkheadRejected,
+    EndpointEjected,
+    EndpointReturned,
+    Event,
+    FallbackUsed,
+    Listener,
+    RetryGaveUp,
+    RetryScheduled,
+    TimeoutExpired,
+)
 from .options import Options, Reconfigurable
 from .outcome import Classifier, Outcome, Pending, error_outcome, is_cancellation
 from .permit import Gate, Permit, Rejection
@@ -137,7 +161,9 @@ __all__ = [
     "Discovery",
     "DiscoveryFactory",
     "Endpoint",
+    "EndpointEjected",
     "EndpointPool",
+    "EndpointReturned",
     "EndpointState",
     "Event",
     "Exponential",
@@ -166,6 +192,11 @@ __all__ = [
     "NoEndpointError",
     "Options",
     "Outcome",
+    "OutlierEjection",
+    "OutlierEjectionOptions",
+    "OutlierTracker",
+    "PeakEwma",
+    "PeakEwmaOptions",
     "Pending",
     "Permit",
     "Pipeline",
@@ -201,6 +232,8 @@ __all__ = [
     "TimerHandle",
     "TokenBucket",
     "TokenBucketOptions",
+    "WeightedRoundRobin",
+    "ZonePreference",
     "discovery_from_uri",
     "error_outcome",
     "in_loop",

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BulkheadRejected",
+    "EndpointEjected",
+    "EndpointReturned",
     "Event",
     "FallbackUsed",
     "Listener",
@@ -92,3 +94,27 @@ class BulkheadRejected(Event):
     reason: str
     active: int
     queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEjected(Event):
+    """Outlier ejection took ``address`` of ``service`` out of the picks for ``duration`` seconds.
+
+    ``reason``: ``"consecutive_failures"``, ``"success_rate"``, ``"failure_percentage"`` or
+    ``"latency"``; ``ejections``: its ejections in a row, this one included.
+    """
+
+    service: str
+    address: str
+    reason: str
+    ejections: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReturned(Event):
+    """An ejected endpoint is back in the picks after ``ejected_for`` seconds."""
+
+    service: str
+    address: str
+    ejected_for: float

@@ -18,6 +18,14 @@ instance a :class:`~resilience.CircuitBreaker` per replica): a pick skips an end
 whose gates reject and chooses again among the others, so one failing replica gets no
 first attempts while the rest serve. When every endpoint rejects, the pick fails with
 :class:`NoEndpointError` (its ``retry_after`` the soonest any would admit again).
+
+**Outlier ejection.** With ``ejection`` (an :class:`~resilience.OutlierEjection`, or the
+one the balancer carries), the pool keeps an :class:`~resilience.OutlierTracker` that
+counts each release and ejects outliers (see :mod:`resilience.balancing.ejection`).
+A pick prefers, in this order: an endpoint the call has not tried and that is not
+ejected; one it tried that is not ejected; an ejected one (only when every other is
+ruled out) — always among those whose health admits the attempt. Health gates and
+ejection work side by side: a breaker per replica behaves as without ejection.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from ..context import CallContext
 from ..discovery.base import BaseDiscovery, Discovery, Endpoint
 from ..outcome import Outcome
 from ..permit import READY, Gate, Permit, Rejection
-from .base import Balancer, NoEndpointError, RoundRobin
+from .base import Balancer, NoEndpointError, RoundRobin, Skip, check_ejection
+from .ejection import OutlierEjection, OutlierTracker
+from .state import EndpointState, Hold, Selection
 
 __all__ = ["EndpointPool", "EndpointState", "Selection"]
 
@@ -39,107 +49,6 @@ R = TypeVar("R")
 
 HealthFactory = Callable[[Endpoint], "Gate | Iterable[Gate]"]
 """Builds the health gates of a new endpoint."""
-
-
-class EndpointState(Generic[R]):
-    """One endpoint as balancing sees it.
-
-    Attributes:
-        endpoint: the endpoint.
-        address: its ``host:port``.
-        inflight: attempts picked and not yet released.
-        held: uses of the resource that outlive their attempt (an open response body).
-        removed: discovery dropped it; it drains, then its resource is closed.
-        health: its gates (empty without ``health``).
-        score: free for the balancer (an EWMA, a weight's running total...).
-        resource: the adapter's per-endpoint object, made on first use.
-        loop: the asyncio loop the resource was made in, if any.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "address",
-        "closed",
-        "endpoint",
-        "health",
-        "held",
-        "inflight",
-        "loop",
-        "removed",
-        "resource",
-        "score",
-    )
-
-    def __init__(self, endpoint: Endpoint, health: tuple[Gate, ...]) -> None:
-        self.endpoint = endpoint
-        self.address = endpoint.address
-        self.inflight = 0
-        self.held = 0
-        self.removed = False
-        self.closed = False
-        self.health = health
-        self.score: Any = None
-        self.resource: R | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def __repr__(self) -> str:
-        return f"EndpointState({self.address}, inflight={self.inflight}, removed={self.removed})"
-
-
-class Selection(Permit, Generic[R]):
-    """One pick: the endpoint of one attempt, held until :meth:`release`."""
-
-    __slots__ = ("_health", "_pool", "released", "state")
-
-    def __init__(self, pool: EndpointPool[R], state: EndpointState[R], health: tuple[Permit, ...]) -> None:
-        self._pool = pool
-        self.state = state
-        self._health = health
-        self.released = False
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.state.endpoint
-
-    @property
-    def address(self) -> str:
-        return self.state.address
-
-    @property
-    def resource(self) -> R:
-        """The adapter's object for this endpoint (made by the pool's ``make``)."""
-        resource = self.state.resource
-        assert resource is not None
-        return resource
-
-    def release(self, outcome: Outcome, duration: float, now: float, ctx: CallContext | None = None) -> bool:
-        """The attempt ended; ``False`` when this selection was released already."""
-        return self._pool._release(self, outcome, duration, now, ctx)
-
-    def hold(self) -> Hold:
-        """Keep the endpoint's resource open past the release (a response body still to read).
-
-        Take it before :meth:`release`; close the hold once the resource is free.
-        """
-        return self._pool._hold(self.state)
-
-    def __repr__(self) -> str:
-        return f"Selection({self.state.address}, released={self.released})"
-
-
-class Hold:
-    """Keeps one endpoint's resource open; :meth:`close` once (later calls do nothing)."""
-
-    __slots__ = ("_pool", "state")
-
-    def __init__(self, pool: EndpointPool[Any], state: EndpointState[Any]) -> None:
-        self._pool: EndpointPool[Any] | None = pool
-        self.state = state
-
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool._unhold(self.state)
 
 
 def _no_resource(endpoint: Endpoint) -> Any:
@@ -167,6 +76,11 @@ class EndpointPool(Generic[R]):
             resource is closed anyway (default 30).
         schedule: ``schedule(delay, fn)`` runs ``fn`` later, for the drain timeout
             (default: a daemon ``threading.Timer``).
+        ejection: outlier ejection for this pool (default: the balancer's
+            ``ejection``, if any).
+
+    Attributes:
+        outliers: the pool's :class:`~resilience.OutlierTracker` (``None`` without ejection).
     """
 
     def __init__(
@@ -180,9 +94,11 @@ class EndpointPool(Generic[R]):
         close: Callable[[EndpointState[R]], None] | None = None,
         drain_timeout: float = 30.0,
         schedule: Callable[[float, Callable[[], None]], Any] | None = None,
+        ejection: OutlierEjection | None = None,
     ) -> None:
         if balancer is not None and not isinstance(balancer, Balancer):
             raise TypeError(f"balancer must be a Balancer, got {balancer!r}")
+        ejection = check_ejection(ejection)
         if health is not None and not callable(health):
             raise TypeError(f"health must be a callable(endpoint) -> gate(s), got {health!r}")
         self.service = service
@@ -198,6 +114,11 @@ class EndpointPool(Generic[R]):
         self.states: tuple[EndpointState[R], ...] = ()
         self.draining: dict[int, EndpointState[R]] = {}
         self.closed = False
+        if ejection is None:
+            ejection = check_ejection(getattr(self.balancer, "ejection", None))
+        self.outliers: OutlierTracker | None = (
+            ejection.tracker(service, lambda: self.states) if ejection is not None else None
+        )
         self._unsubscribe = discovery.subscribe(service, self.update)
         if not isinstance(discovery, BaseDiscovery):
             # A BaseDiscovery delivers the current list on subscribe, in order with later
@@ -278,8 +199,8 @@ class EndpointPool(Generic[R]):
     def pick(self, ctx: CallContext, now: float | None = None) -> Selection[R]:
         """The endpoint of one attempt, counted in flight until the selection is released.
 
-        Prefers endpoints ``ctx`` has not tried; skips those whose health rejects; records
-        the choice in ``ctx.endpoint`` and ``ctx.tried``.
+        Prefers endpoints ``ctx`` has not tried and that are not ejected; skips those whose
+        health rejects; records the choice in ``ctx.endpoint`` and ``ctx.tried``.
 
         Raises:
             NoEndpointError: no endpoint is known, or every one's health rejects.
@@ -287,19 +208,25 @@ class EndpointPool(Generic[R]):
         """
         if now is None:
             now = ctx.clock.monotonic()
-        candidates: Sequence[EndpointState[R]] = self.states
-        if not candidates:
+        states: Sequence[EndpointState[R]] = self.states
+        if not states:
             raise NoEndpointError(f"no endpoint known for service {self.service!r}", context=ctx)
-        tried = ctx.tried
-        if tried:
-            fresh = [s for s in candidates if s.address not in tried]
-            if fresh:
-                candidates = fresh
+        outliers = self.outliers
+        if outliers is not None and now >= outliers.due:
+            outliers.tick(now, ctx)
         soonest: float | None = None
         excluded: list[EndpointState[R]] | None = None
         changes = 0
         while True:
-            state = self.balancer.pick(candidates, ctx, now)
+            state = self._choose(states, ctx, now, excluded)
+            if state is None:
+                assert excluded
+                raise NoEndpointError(
+                    f"every endpoint of service {self.service!r} is unhealthy "
+                    f"({', '.join(s.address for s in excluded)})",
+                    context=ctx,
+                    retry_after=soonest,
+                )
             permits = self._admit(state, ctx, now)
             if isinstance(permits, Rejection):
                 retry_after = permits.retry_after
@@ -308,24 +235,41 @@ class EndpointPool(Generic[R]):
                 if excluded is None:
                     excluded = []
                 excluded.append(state)
-                candidates = [s for s in candidates if s not in excluded]
-                if not candidates and tried and len(excluded) < len(self.states):
-                    candidates = [s for s in self.states if s not in excluded]  # tried ones, healthy
-                if not candidates:
-                    raise NoEndpointError(
-                        f"every endpoint of service {self.service!r} is unhealthy "
-                        f"({', '.join(s.address for s in excluded)})",
-                        context=ctx,
-                        retry_after=soonest,
-                    )
                 continue
             selection = self._enter(state, permits, ctx)
             if selection is not None:
                 return selection
             changes += 1  # removed between the choice and the count: choose from the new list
-            candidates = self.states
-            if not candidates or changes > 3:
+            states = self.states
+            if not states or changes > 3:
                 raise NoEndpointError(f"the endpoints of service {self.service!r} kept changing", context=ctx)
+
+    def _choose(
+        self,
+        states: Sequence[EndpointState[R]],
+        ctx: CallContext,
+        now: float,
+        excluded: list[EndpointState[R]] | None,
+    ) -> EndpointState[R] | None:
+        """The balancer's choice among the best tier of ``states`` (see the module's docstring)."""
+        tried = ctx.tried
+        outliers = self.outliers
+        ejected = outliers is not None and outliers.any_ejected
+        balancer = self.balancer
+        if not tried and not ejected and not excluded:
+            return balancer.select(states, None, ctx, now)  # the common case: no filter at all
+        out = excluded or ()
+        tiers: list[Skip] = []
+        if tried:
+            tiers.append(lambda s: s.ejected or s.address in tried or s in out)
+        if ejected:
+            tiers.append(lambda s: s.ejected or s in out)
+        tiers.append(lambda s: s in out)
+        for skip in tiers:
+            state = balancer.select(states, skip, ctx, now)
+            if state is not None:
+                return state
+        return None
 
     def _admit(self, state: EndpointState[R], ctx: CallContext, now: float) -> tuple[Permit, ...] | Rejection:
         gates = state.health
@@ -393,7 +337,11 @@ class EndpointPool(Generic[R]):
         try:
             for gate, permit in zip(state.health, selection._health, strict=False):
                 gate.release(permit, outcome, duration, now, ctx)
+            if outcome is not Outcome.IGNORED:
+                state.failing = outcome is Outcome.FAILURE
             self.balancer.observe(state, outcome, duration, now)
+            if self.outliers is not None:
+                self.outliers.record(state, outcome, duration, now, ctx)
         finally:
             if close:
                 self._close_state(state)
