@@ -16,13 +16,16 @@ stubs work as with any channel::
                                 RoundRobin(), MethodPolicy(Pipeline(Timeout(2), Retry(3)), idempotent=True))
     stub = orders_pb2_grpc.OrdersStub(channel)
 
-Differences from a plain channel: ``future()`` of the sync channel runs the call before it
-returns (the future it gives is done); an aio call starts when it is awaited or iterated;
-``subscribe``/``get_state`` report on the sub-channels as a whole (ready when any is).
+Calls behave as on a plain channel, as through :class:`~interceptors.grpc.ResilienceInterceptor`
+(errors that are ``grpc.RpcError`` s, ``future()`` that returns at once, streams judged at
+their end: an endpoint's pick is released when its stream ends, with the stream's outcome;
+see :mod:`interceptors.grpc`). Differences: an aio call starts when it is awaited or
+iterated; ``subscribe``/``get_state`` report on the sub-channels as a whole (ready when any is).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,10 +35,10 @@ import grpc.aio
 
 from resilience._validate import Seconds, seconds
 from resilience.balancing.base import Balancer
-from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory
+from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory, Selection
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
-from resilience.outcome import Outcome
+from resilience.outcome import Outcome, error_outcome
 
 from . import _grpc_common as _c
 from ._channel_common import ChannelCallable as _Callable
@@ -47,51 +50,45 @@ from ._grpc_common import (
     ReplayableRequests,
     as_policies,
 )
-from .grpc import attempt_metadata, attempt_timeout, read_first, record_pushback
+from ._grpc_errors import rpc_error
+from .grpc import (
+    BackgroundCall,
+    FutureCall,
+    PendingStream,
+    SharedRequests,
+    StreamCall,
+    attempt_metadata,
+    attempt_timeout,
+    caller_error,
+    future_outcome,
+    read_first,
+    record_pushback,
+)
 
 __all__ = ["AioResilientChannel", "ResilientChannel", "aio_resilient_channel", "resilient_channel"]
+
+_SUCCESS = Outcome.SUCCESS
 
 
 # -- sync ----------------------------------------------------------------------------------
 
+_CALL, _WITH_CALL, _FUTURE = 0, 1, 2
 
-class _DoneFuture(_c.Future):
-    """The finished outcome of a sync call made through ``future()``."""
 
-    def __init__(self, response: Any, call: Any, error: BaseException | None) -> None:
-        self._response = response
-        self._call = call
-        self._error = error
+def _release_at_end(selection: Selection[Any], start: float, ctx: CallContext, error: BaseException | None) -> None:
+    """Release a stream's pick once the stream has ended, with the outcome of its end."""
+    _release(selection, _SUCCESS if error is None else error_outcome(ctx, error), start, ctx)
 
-    def cancel(self) -> bool:
-        return False
 
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._response
-
-    def exception(self, timeout: float | None = None) -> Any:
-        return self._error
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return None if self._error is None else self._error.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-    def __getattr__(self, name: str) -> Any:
-        # code(), details(), trailing_metadata()... of the call (or of the error, which is a call too).
-        return getattr(self._call if self._call is not None else self._error, name)
+def _release_done(selection: Selection[Any], start: float, ctx: CallContext, future: Any) -> None:
+    """Release the pick of a ``future()`` call made without policies, once it is done."""
+    try:
+        error = future.exception()
+    except grpc.FutureCancelledError:
+        outcome = Outcome.IGNORED
+    else:
+        outcome = _SUCCESS if error is None else error_outcome(ctx, error)
+    _release(selection, outcome, start, ctx)
 
 
 class _SyncCallable(_Callable):
@@ -107,25 +104,33 @@ class _SyncCallable(_Callable):
         compression: Any,
         request_streaming: bool,
         response_streaming: bool,
-        with_call: bool = True,
+        mode: int = _CALL,
     ) -> Any:
         pool, resolved = self._pool, self._resolved
-        ctx = resolved.context(timeout)
+        pipeline = resolved.pipeline
+        ctx = resolved.context(timeout, streaming=response_streaming)
+        if pipeline is None and mode == _FUTURE:
+            return self._future(request, ctx, metadata, credentials, wait_for_ready, compression)
+        replays = resolved.replays  # something in the pipeline may send the call again
         replay: ReplayableRequests | None = None
-        if request_streaming and resolved.replays:
-            replay = ReplayableRequests(request, resolved.buffer_limit, ctx)
+        if request_streaming and replays:
+            replay = SharedRequests(request, resolved.buffer_limit, ctx)
+        background: BackgroundCall | None = None
+        if response_streaming:
+            if request_streaming and replays:
+                background = StreamCall(ctx)
+        elif mode == _FUTURE:
+            background = FutureCall(ctx)
 
         def attempt(ctx: CallContext) -> Any:
+            if background is not None:
+                background.check()
             selection = pool.pick(ctx)
-            clock = ctx.clock
-            start = clock.monotonic()
-            outcome = Outcome.SUCCESS
-            streaming = False
+            start = ctx.clock.monotonic()
             try:
                 inner = self._on(selection.state)
-                requests = replay.attempt() if replay is not None else request
                 args = (
-                    requests,
+                    replay.attempt() if replay is not None else request,
                     attempt_timeout(ctx),
                     attempt_metadata(metadata, ctx),
                     credentials,
@@ -133,22 +138,71 @@ class _SyncCallable(_Callable):
                     compression,
                 )
                 if not response_streaming:
-                    # A plain call needs no call object: grpc skips building one.
-                    return inner.with_call(*args) if with_call else inner(*args)
-                call = inner(*args)
-                streaming = call.add_callback(lambda: _release(selection, outcome, start, ctx))
-                return read_first(call, ctx)
+                    if mode == _FUTURE:
+                        call = inner.future(*args)
+                        if background is not None:
+                            background.begin(call)
+                        result = future_outcome(call, ctx)
+                    else:
+                        # A plain call needs no call object: grpc skips building one.
+                        result = inner.with_call(*args) if mode == _WITH_CALL else inner(*args)
+                else:
+                    call = inner(*args)
+                    if background is not None:
+                        background.begin(call)
+                    if replays:
+                        result = read_first(call, ctx)
+                    else:
+                        ctx.committed = True
+                        result = PendingStream(call)
             except BaseException as exc:
-                outcome = ctx.classifier.error(exc)
                 if isinstance(exc, grpc.RpcError):
                     record_pushback(ctx, exc)
+                _release(selection, error_outcome(ctx, exc), start, ctx)
                 raise
-            finally:
-                if not streaming:
-                    _release(selection, outcome, start, ctx)
+            if response_streaming:
+                # Judged at its end: a stream that fails after its first message counts against the endpoint.
+                result.on_end(functools.partial(_release_at_end, selection, start, ctx))
+            else:
+                _release(selection, _SUCCESS, start, ctx)
+            return result
 
-        pipeline = resolved.pipeline
-        return pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
+        if background is not None:
+            assert pipeline is not None
+            background.start(pipeline, attempt, ctx)
+            return background
+        try:
+            result = pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
+            return result.take() if response_streaming else result
+        except Exception as exc:
+            error = rpc_error(exc)
+            if error is None:
+                if not (response_streaming and isinstance(exc, grpc.RpcError)):
+                    raise
+                error = exc
+        # Raised (or handed over) outside the ``except``: the mapped error does not chain the original.
+        if response_streaming:
+            return StreamCall.failed(error, ctx)
+        raise error
+
+    def _future(
+        self, request: Any, ctx: CallContext, metadata: Any, credentials: Any, wait_for_ready: Any, compression: Any
+    ) -> Any:
+        """``future()`` without policies: the endpoint's own future, its pick released when it is done."""
+        try:
+            selection = self._pool.pick(ctx)
+        except Exception as exc:
+            return FutureCall.failed(caller_error(exc), ctx)
+        start = ctx.clock.monotonic()
+        try:
+            future = self._on(selection.state).future(
+                request, attempt_timeout(ctx), metadata, credentials, wait_for_ready, compression
+            )
+        except BaseException as exc:
+            _release(selection, error_outcome(ctx, exc), start, ctx)
+            raise
+        future.add_done_callback(functools.partial(_release_done, selection, start, ctx))
+        return future
 
 
 class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiCallable):
@@ -165,7 +219,7 @@ class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiC
     ) -> tuple[Any, Any]:
         streaming = self._kind == "stream_unary"
         result: tuple[Any, Any] = self._run(
-            request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False
+            request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False, _WITH_CALL
         )
         return result
 
@@ -179,7 +233,7 @@ class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiC
         compression: Any = None,
     ) -> Any:
         streaming = self._kind == "stream_unary"
-        return self._run(request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False, False)
+        return self._run(request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False)
 
     def future(
         self,
@@ -190,11 +244,10 @@ class _SyncUnary(_SyncCallable, _c.UnaryUnaryMultiCallable, _c.StreamUnaryMultiC
         wait_for_ready: Any = None,
         compression: Any = None,
     ) -> Any:
-        try:
-            response, call = self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)
-        except Exception as exc:
-            return _DoneFuture(None, None, exc)
-        return _DoneFuture(response, call, None)
+        streaming = self._kind == "stream_unary"
+        return self._run(
+            request, timeout, metadata, credentials, wait_for_ready, compression, streaming, False, _FUTURE
+        )
 
 
 class _SyncStream(_SyncCallable, _c.UnaryStreamMultiCallable, _c.StreamStreamMultiCallable):
