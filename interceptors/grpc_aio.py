@@ -20,6 +20,15 @@ sharing one policy table. Semantics are those of :mod:`interceptors.grpc`: one d
 over all attempts, ``x-grpc-previous-rpc-attempts`` on retries, server pushback, streams
 retried only until their first response message, request streams kept for a retry.
 
+What the caller gets is what a plain ``grpc.aio`` channel gives. A call ended by a policy
+raises an error that is both the library's (``DeadlineExceededError``,
+``CircuitOpenError``...) and a ``grpc.aio.AioRpcError`` whose ``code()`` says what
+happened (``DEADLINE_EXCEEDED``, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``; see
+:mod:`interceptors._grpc_errors`). A response stream is the call of the attempt that
+answered (a hedge's, when a hedge won): ``code()``, trailers and ``cancel()`` act on it,
+and it is judged when it ends, so a stream failing after its first message counts as a
+failure for the breakers and limits around it (it is not retried).
+
 A streaming call whose requests are sent with ``call.write()`` (no request iterator) goes
 out without policies: grpc.aio lets those writes through only once the interceptors have
 returned, so its outcome cannot be awaited inside them. Pass a request iterator instead.
@@ -29,12 +38,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
 
 from resilience.context import CallContext
+from resilience.errors import ResilienceError
+from resilience.outcome import Pending
 
 from . import _grpc_common as _c
 from ._grpc_common import (
@@ -43,11 +54,21 @@ from ._grpc_common import (
     MethodPolicy,
     as_policies,
 )
+from ._grpc_errors import rpc_error
 from .grpc import attempt_timeout, record_pushback
 
-__all__ = ["AioResilienceInterceptor", "aio_interceptors"]
+__all__ = ["AioResilienceInterceptor", "AioStream", "aio_interceptors"]
 
 _NOTHING: Any = object()
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+# grpc-stubs make these generic; at run time they are plain classes.
+if TYPE_CHECKING:
+    _UnaryStreamCall = grpc.aio.UnaryStreamCall[Any, Any]
+    _StreamStreamCall = grpc.aio.StreamStreamCall[Any, Any]
+else:
+    _UnaryStreamCall = grpc.aio.UnaryStreamCall
+    _StreamStreamCall = grpc.aio.StreamStreamCall
 
 
 def aio_metadata(metadata: Any, ctx: CallContext) -> Any:
@@ -82,27 +103,158 @@ async def await_unary(call: Any, ctx: CallContext) -> Any:
         raise
 
 
-class StreamRest:
-    """The rest of a response stream after its first message, which was read in the attempt."""
+class AioStream(Pending):
+    """A response stream whose first message was read while the call could still be retried.
 
-    __slots__ = ("_first", "_it")
+    It stands for the attempt's call (the one that answered, a hedge's when a hedge won):
+    iterating it, or :meth:`read`, yields that message, then the rest of the stream;
+    ``cancel()``, ``code()``, metadata and done callbacks act on that call. It is judged
+    at its end (:class:`~resilience.outcome.Pending`): :meth:`end` is called once, with
+    ``None`` when the stream ended with ``OK``, else with the error it ended with, when
+    the iteration ends or fails, or when the call finishes unread (cancelled, past its
+    deadline, dropped by the consumer).
+    """
 
-    def __init__(self, iterator: AsyncIterator[Any], first: Any) -> None:
+    def __init__(self, call: Any, iterator: AsyncIterator[Any], first: Any) -> None:
+        super().__init__()
+        self._call = call
         self._it = iterator
         self._first = first
+        self._messages: AsyncIterator[Any] | None = None
+        self._judging: asyncio.Task[None] | None = None
+        if first is _NOTHING:
+            self.end(None)  # the first read met the end of a stream that ended with OK
+        else:
+            call.add_done_callback(self._call_done)
 
-    def __aiter__(self) -> StreamRest:
-        return self
+    # -- the end ------------------------------------------------------------------------------
 
-    async def __anext__(self) -> Any:
+    def _call_done(self, call: Any) -> None:
+        if self.ended:
+            return
+        if call.cancelled():
+            self.end(asyncio.CancelledError())
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to read the status in: the call is over all the same
+            self.end(None)
+            return
+        self._judging = loop.create_task(self._end_with_status())
+
+    async def _end_with_status(self) -> None:
+        call = self._call
+        try:
+            code = await call.code()
+            if code is grpc.StatusCode.OK:
+                self.end(None)
+                return
+            error: BaseException = grpc.aio.AioRpcError(
+                code,
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                await call.details(),
+                await call.debug_error_string(),
+            )
+        except BaseException as exc:  # the status could not be read: judge what stopped it
+            error = exc
+        self.end(error)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = self._iterate()
+        return messages
+
+    async def _iterate(self) -> AsyncIterator[Any]:
         first = self._first
-        if first is not _NOTHING:
-            self._first = _NOTHING
-            return first
-        return await self._it.__anext__()
+        if first is _NOTHING:
+            return
+        self._first = _NOTHING
+        yield first
+        iterator = self._it
+        while True:
+            try:
+                message = await iterator.__anext__()
+            except StopAsyncIteration:
+                self.end(None)
+                return
+            except BaseException as exc:
+                self.end(exc)
+                raise
+            yield message
+
+    async def read(self) -> Any:
+        """The next message, or ``grpc.aio.EOF`` after the last."""
+        try:
+            return await self.__aiter__().__anext__()
+        except StopAsyncIteration:
+            return _EOF
+
+    # -- the call -----------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._call.time_remaining()
+        return remaining
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        details: str = await self._call.details()
+        return details
+
+    async def debug_error_string(self) -> str | None:
+        text: str | None = await self._call.debug_error_string()
+        return text
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._call!r})"
 
 
-async def read_first(call: Any, ctx: CallContext) -> StreamRest:
+class AioUnaryStream(AioStream, _UnaryStreamCall):
+    """The :class:`AioStream` of a unary-request call: a ``grpc.aio.UnaryStreamCall``."""
+
+
+class AioStreamStream(AioStream, _StreamStreamCall):
+    """The :class:`AioStream` of a bidirectional call: a ``grpc.aio.StreamStreamCall``."""
+
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+    @property
+    def _done_writing_flag(self) -> bool:  # read by grpc.aio's intercepted call
+        return bool(getattr(self._call, "_done_writing_flag", False))
+
+
+async def read_first(call: Any, ctx: CallContext, stream_type: type[AioStream] = AioUnaryStream) -> AioStream:
     """Wait for the first message of a response stream; an error before it fails the attempt."""
     iterator = call.__aiter__()
     try:
@@ -116,7 +268,7 @@ async def read_first(call: Any, ctx: CallContext) -> StreamRest:
         call.cancel()
         raise
     ctx.committed = True
-    return StreamRest(iterator, first)
+    return stream_type(call, iterator, first)
 
 
 class AsyncReplayableRequests:
@@ -188,8 +340,9 @@ class AioResilienceInterceptor:
         pipeline = resolved.pipeline
         if pipeline is None or (request_streaming and _written(request)):
             return await continuation(details, request)
-        ctx = resolved.context(details.timeout)
+        ctx = resolved.context(details.timeout, response_streaming)
         first_deadline = ctx.deadline
+        stream_type = AioStreamStream if request_streaming else AioUnaryStream
         replay = None
         if request_streaming and resolved.replays:
             replay = AsyncReplayableRequests(request, resolved.buffer_limit, ctx)
@@ -201,11 +354,17 @@ class AioResilienceInterceptor:
                 this = _attempt_details(details, ctx)
             call = await continuation(this, replay.attempt() if replay is not None else request)
             if response_streaming:
-                return await read_first(call, ctx)
+                return await read_first(call, ctx, stream_type)
             await await_unary(call, ctx)
             return call
 
-        return await pipeline.aexecute(attempt, ctx)
+        try:
+            return await pipeline.aexecute(attempt, ctx)
+        except ResilienceError as exc:
+            error = rpc_error(exc, aio=True)
+            if error is None:
+                raise
+        raise error  # grpc.aio hands what the interceptor raised to the caller, for every kind
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policies!r})"
