@@ -250,6 +250,16 @@ _LAZY = {
     "PyBreakerPolicy": "resilience.policies.pybreaker_adapter",
     "RedisBreakerState": "resilience.shared.redis_breaker",
     "AsyncRedisBreakerState": "resilience.shared.redis_breaker",
+    # etcd discovery and registration need httpx
+    "AsyncEtcdClient": "resilience.discovery.etcd",
+    "AsyncRegistrator": "resilience.discovery.registration",
+    "EtcdAuthError": "resilience.discovery.etcd",
+    "EtcdClient": "resilience.discovery.etcd",
+    "EtcdConfig": "resilience.discovery.etcd",
+    "EtcdDiscovery": "resilience.discovery.etcd",
+    "EtcdError": "resilience.discovery.etcd",
+    "EtcdUnavailableError": "resilience.discovery.etcd",
+    "Registrator": "resilience.discovery.registration",
 }
 
 
@@ -265,6 +275,15 @@ def __getattr__(name: str) -> object:
 
 
 if TYPE_CHECKING:
+    from .discovery.etcd import AsyncEtcdClient as AsyncEtcdClient
+    from .discovery.etcd import EtcdAuthError as EtcdAuthError
+    from .discovery.etcd import EtcdClient as EtcdClient
+    from .discovery.etcd import EtcdConfig as EtcdConfig
+    from .discovery.etcd import EtcdDiscovery as EtcdDiscovery
+    from .discovery.etcd import EtcdError as EtcdError
+    from .discovery.etcd import EtcdUnavailableError as EtcdUnavailableError
+    from .discovery.registration import AsyncRegistrator as AsyncRegistrator
+    from .discovery.registration import Registrator as Registrator
     from .policies.pybreaker_adapter import PyBreakerPolicy as PyBreakerPolicy
     from .shared.redis_breaker import AsyncRedisBreakerState as AsyncRedisBreakerState
     from .shared.redis_breaker import RedisBreakerState as RedisBreakerState

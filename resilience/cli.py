@@ -3,6 +3,11 @@
 ``resilience demo`` runs a short live demonstration: pipelines around a flaky in-process
 backend, printing what each policy decides as it happens. It needs no network, no etcd
 and no Redis.
+
+``resilience register SERVICE ADDRESS`` keeps an instance registered in etcd until it gets
+SIGTERM or SIGINT (for processes not written in Python); ``resilience endpoints SERVICE``
+lists what a client would see. Both take ``--etcd URL`` (default ``$RESILIENCE_ETCD``, else
+``etcd://127.0.0.1:2379/services``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from . import __version__
+from ._cli_etcd import DEFAULT_ETCD, endpoints, register
 from .errors import BulkheadFullError, CircuitOpenError, RateLimitedError, ResilienceError
 from .events import (
     BulkheadRejected,
@@ -279,7 +285,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="a live demonstration on an in-process backend")
     run_demo.add_argument("scenes", nargs="*", metavar="SCENE", help=f"scenes to run (default: all of {list(SCENES)})")
+    etcd_help = f"etcd URI (default $RESILIENCE_ETCD, else {DEFAULT_ETCD})"
+    run_register = commands.add_parser("register", help="keep an instance registered in etcd until SIGTERM")
+    run_register.add_argument("service", metavar="SERVICE")
+    run_register.add_argument("address", metavar="ADDRESS", help="host:port of the instance")
+    run_register.add_argument("--ttl", type=int, default=10, help="lease in seconds, renewed every ttl/3 (default 10)")
+    run_register.add_argument("--etcd", metavar="URL", help=etcd_help)
+    run_register.add_argument("--id", help="instance id, the last part of the key (default: ADDRESS)")
+    run_register.add_argument("--zone")
+    run_register.add_argument("--weight", type=int, default=1)
+    run_register.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    run_endpoints = commands.add_parser("endpoints", help="list a service's endpoints as a client sees them")
+    run_endpoints.add_argument("service", metavar="SERVICE")
+    run_endpoints.add_argument("--etcd", metavar="URL", help=etcd_help)
+    run_endpoints.add_argument("--probe", action="store_true", help="connect to each endpoint once (TCP)")
+    run_endpoints.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default 1)")
     args = parser.parse_args(argv)
+    if args.command == "register":
+        return register(args)
+    if args.command == "endpoints":
+        return endpoints(args)
     if args.command == "demo":
         unknown = [s for s in args.scenes if s not in SCENES]
         if unknown:

@@ -34,7 +34,23 @@ INTERNAL = {
 }
 """Internals that stay importable from their modules but are not the public surface."""
 
-LAZY = {"AsyncRedisBreakerState", "PyBreakerPolicy", "RedisBreakerState"}
+LAZY = {"AsyncRedisBreakerState", "PyBreakerPolicy", "RedisBreakerState"} | {
+    # etcd discovery and registration (httpx)
+    "AsyncEtcdClient",
+    "AsyncRegistrator",
+    "EtcdAuthError",
+    "EtcdClient",
+    "EtcdConfig",
+    "EtcdDiscovery",
+    "EtcdError",
+    "EtcdUnavailableError",
+    "KeyValue",
+    "Registrator",
+    "WatchEvent",
+    "WatchUpdate",
+    "instance_key",
+    "parse_etcd_uri",
+}
 """Need an optional dependency: reachable as ``resilience.X``, kept out of ``__all__``."""
 
 

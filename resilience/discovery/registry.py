@@ -30,7 +30,7 @@ DiscoveryFactory = Callable[..., "Discovery"]
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 # Schemes whose backend lives in a module imported on first use (it registers itself).
-_LAZY: dict[str, str] = {"etcd": "resilience.discovery.etcd"}
+_LAZY: dict[str, str] = {"etcd": "resilience.discovery.etcd", "etcds": "resilience.discovery.etcd"}
 
 _lock = threading.Lock()
 _factories: dict[str, DiscoveryFactory] = {}

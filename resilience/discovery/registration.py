@@ -1,0 +1,408 @@
+"""Registering one instance of a service in etcd, kept alive by a lease (the Registrator role).
+
+The instance is the key ``<prefix>/<service>/<instance-id>`` (the schema of
+:mod:`resilience.discovery.etcd`), attached to a lease of ``ttl`` seconds renewed every
+``ttl / 3``. An instance that dies without deregistering disappears when its lease
+lapses; one that closes (or gets SIGTERM, when asked to handle it) revokes the lease,
+which deletes the key at once.
+
+**When etcd fails** renewals are retried with a jittered backoff, never waiting longer
+than ``ttl / 3``. When etcd answers again, the lease is renewed if it survived; if it is
+gone (it lapsed during the outage, or etcd lost its data), the instance is registered
+again under a new lease. Starting while no member answers raises
+:class:`~resilience.discovery.etcd.EtcdUnavailableError` naming the members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from random import Random
+from types import FrameType
+from typing import Any
+
+from ..policies.backoff import Backoff
+from ._etcd_client import AsyncEtcdClient, EtcdClient
+from ._etcd_config import EtcdConfig, EtcdError, EtcdUnavailableError, parse_etcd_uri
+from .endpoint import Endpoint
+from .etcd import EtcdDiscovery, _backoff, instance_key
+
+__all__ = ["AsyncRegistrator", "Registrator"]
+
+_log = logging.getLogger("resilience.discovery.etcd")
+
+Target = str | EtcdConfig | EtcdDiscovery
+Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class _Registration:
+    """What both registrators share: the key, the value, the lease and the timing."""
+
+    def __init__(
+        self,
+        target: Target,
+        service: str,
+        address: str,
+        *,
+        ttl: int,
+        instance_id: str | None,
+        zone: str | None,
+        weight: int,
+        metadata: Mapping[str, str] | None,
+        backoff: Backoff | None,
+        rng: Random | None,
+        options: dict[str, Any],
+    ) -> None:
+        if isinstance(target, EtcdDiscovery):
+            target = target.config
+        if isinstance(target, EtcdConfig):
+            if options:
+                raise TypeError(f"options {sorted(options)} go with a URI, not with an EtcdConfig or a discovery")
+            self.config = target
+        elif isinstance(target, str):
+            self.config = parse_etcd_uri(target, **options)
+        else:
+            raise TypeError(f"register with an etcd:// URI, an EtcdConfig or an EtcdDiscovery, got {target!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 9_000_000_000:
+            raise ValueError(f"ttl must be a whole number of seconds >= 1, got {ttl!r}")
+        self.endpoint = Endpoint(address, dict(metadata or {}), zone=zone, weight=weight)
+        self.service = service
+        self.key = instance_key(self.config.prefix, service, address if instance_id is None else instance_id)
+        self.value = json.dumps(self.endpoint.to_dict(), sort_keys=True)
+        self.ttl = ttl
+        self.interval = ttl / 3
+        self.backoff = _backoff(backoff)
+        self.rng = rng if rng is not None else Random()
+        self.lease = 0
+        self.registrations = 0
+        self.failures = 0
+        self._previous_delay = 0.0
+
+    def registered(self, lease: int) -> None:
+        self.lease = lease
+        self.registrations += 1
+        self.failures = 0
+        _log.info("registered %s at %s (lease %x, ttl %d s)", self.endpoint.address, self.key, lease, self.ttl)
+
+    def renewed(self, ttl: int) -> bool:
+        """A renewal answered ``ttl``; ``False`` when the lease is gone and must be replaced."""
+        self.failures = 0
+        if ttl > 0:
+            return True
+        _log.warning("etcd no longer has lease %x of %s: registering again", self.lease, self.key)
+        self.lease = 0
+        return False
+
+    def failed(self, exc: Exception) -> float:
+        """A renewal or registration failed: seconds until the next try (at most ``ttl / 3``)."""
+        self.failures += 1
+        self._previous_delay = min(self.interval, self.backoff.delay(self.failures, self._previous_delay, self.rng))
+        _log.warning("keeping %s registered failed (%s); again in %.2f s", self.key, exc, self._previous_delay)
+        return self._previous_delay
+
+    def next_delay(self) -> float:
+        return self.interval if self.failures == 0 else self._previous_delay
+
+    def unavailable(self, exc: EtcdError) -> EtcdError:
+        if isinstance(exc, EtcdUnavailableError):
+            return EtcdUnavailableError(
+                f"cannot register {self.key}: no member of {self.config.where} answered ({exc})", url=self.config.where
+            )
+        return exc
+
+    def revoke_failed(self, exc: Exception) -> None:
+        _log.warning("could not deregister %s (%s): it goes when its lease lapses (%d s)", self.key, exc, self.ttl)
+
+    def __repr__(self) -> str:
+        return f"{self.key} -> {self.value} (lease {self.lease:x})"
+
+
+def _chain(signum: int, previous: Handler, frame: FrameType | None) -> None:
+    """After deregistering, do what the signal would have done without us."""
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+class Registrator:
+    """Keeps one instance registered in etcd while it runs (see the module doc).
+
+    ``with Registrator("etcd://127.0.0.1:2379/services", "orders", "10.0.0.7:50051"):`` serves.
+
+    Args:
+        target: an ``etcd://`` URI, an :class:`EtcdConfig`, or an :class:`EtcdDiscovery`
+            (its members, prefix and credentials are used; it is not otherwise touched).
+        service: the service name.
+        address: the instance's ``host:port``.
+        ttl: the lease in whole seconds, >= 1 (default 10); renewed every ``ttl / 3``.
+            etcd raises a TTL below its minimum (about 2 s with default settings).
+        instance_id: the last part of the key (default: ``address``).
+        zone, weight, metadata: the rest of the endpoint (see :class:`Endpoint`).
+        handle_signals: at :meth:`start`, install a SIGTERM handler that deregisters and
+            then does what the previous handler did (calls it, or terminates the process
+            when it was the default). Needs the main thread. Default ``False``.
+        backoff: the wait between failed renewals (default ``ExponentialJitter(0.1, 2, 5)``),
+            never more than ``ttl / 3``.
+        rng: the random source of the jitter.
+        options: with a URI, the options of :func:`parse_etcd_uri`.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        service: str,
+        address: str,
+        *,
+        ttl: int = 10,
+        instance_id: str | None = None,
+        zone: str | None = None,
+        weight: int = 1,
+        metadata: Mapping[str, str] | None = None,
+        handle_signals: bool = False,
+        backoff: Backoff | None = None,
+        rng: Random | None = None,
+        **options: Any,
+    ) -> None:
+        self._reg = _Registration(
+            target,
+            service,
+            address,
+            ttl=ttl,
+            instance_id=instance_id,
+            zone=zone,
+            weight=weight,
+            metadata=metadata,
+            backoff=backoff,
+            rng=rng,
+            options=options,
+        )
+        self.key = self._reg.key
+        self._handle_signals = handle_signals
+        self._client: EtcdClient | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: dict[int, Handler] = {}
+
+    @property
+    def lease(self) -> int:
+        """The current lease ID (0 when not registered)."""
+        return self._reg.lease
+
+    @property
+    def registrations(self) -> int:
+        """How many times the instance was registered (1, plus one per lost lease)."""
+        return self._reg.registrations
+
+    def _register(self, client: EtcdClient) -> None:
+        lease = client.lease_grant(self._reg.ttl)
+        client.put(self.key, self._reg.value, lease=lease)
+        self._reg.registered(lease)
+
+    def start(self) -> Registrator:
+        """Register now and keep the lease alive from a daemon thread.
+
+        Raises:
+            EtcdUnavailableError: no member answered (the message names them).
+            EtcdError: etcd refused (credentials, permissions).
+            RuntimeError: started twice, or ``handle_signals`` outside the main thread.
+        """
+        if self._client is not None:
+            raise RuntimeError(f"the registrator of {self.key} is started already")
+        if self._handle_signals and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("handle_signals needs the main thread (Python runs signal handlers there)")
+        client = self._client = EtcdClient(self._reg.config)
+        try:
+            self._register(client)
+        except EtcdError as exc:
+            client.close()
+            self._client = None
+            raise self._reg.unavailable(exc) from exc
+        self._thread = threading.Thread(target=self._run, args=(client,), name=f"etcd-lease {self.key}", daemon=True)
+        self._thread.start()
+        if self._handle_signals:
+            self._previous[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _run(self, client: EtcdClient) -> None:
+        reg = self._reg
+        while not self._stop.wait(reg.next_delay()):
+            try:
+                if reg.lease == 0 or not reg.renewed(client.lease_keepalive(reg.lease)):
+                    self._register(client)
+            except EtcdError as exc:
+                reg.failed(exc)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self.close()
+        _chain(signum, previous, frame)
+
+    def close(self) -> None:
+        """Stop renewing and deregister (revoke the lease). Idempotent."""
+        self._stop.set()
+        thread, client = self._thread, self._client
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._reg.config.timeout + self._reg.config.connect_timeout + 1.0)
+        self._thread = None
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous.clear()
+        lease, self._reg.lease = self._reg.lease, 0
+        if client is not None:
+            try:
+                if lease:
+                    client.lease_revoke(lease)
+                    _log.info("deregistered %s", self.key)
+            except EtcdError as exc:
+                self._reg.revoke_failed(exc)
+            finally:
+                client.close()
+
+    def __enter__(self) -> Registrator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registrator({self._reg!r})"
+
+
+class AsyncRegistrator:
+    """:class:`Registrator` for asyncio: ``async with AsyncRegistrator(url, "orders", "10.0.0.7:50051"):``.
+
+    The lease is renewed by a task of the running loop; ``handle_signals`` uses
+    ``loop.add_signal_handler``. Same arguments as :class:`Registrator`.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        service: str,
+        address: str,
+        *,
+        ttl: int = 10,
+        instance_id: str | None = None,
+        zone: str | None = None,
+        weight: int = 1,
+        metadata: Mapping[str, str] | None = None,
+        handle_signals: bool = False,
+        backoff: Backoff | None = None,
+        rng: Random | None = None,
+        **options: Any,
+    ) -> None:
+        self._reg = _Registration(
+            target,
+            service,
+            address,
+            ttl=ttl,
+            instance_id=instance_id,
+            zone=zone,
+            weight=weight,
+            metadata=metadata,
+            backoff=backoff,
+            rng=rng,
+            options=options,
+        )
+        self.key = self._reg.key
+        self._handle_signals = handle_signals
+        self._client: AsyncEtcdClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._signals: dict[int, Handler] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def lease(self) -> int:
+        """The current lease ID (0 when not registered)."""
+        return self._reg.lease
+
+    @property
+    def registrations(self) -> int:
+        """How many times the instance was registered (1, plus one per lost lease)."""
+        return self._reg.registrations
+
+    async def _register(self, client: AsyncEtcdClient) -> None:
+        lease = await client.lease_grant(self._reg.ttl)
+        await client.put(self.key, self._reg.value, lease=lease)
+        self._reg.registered(lease)
+
+    async def start(self) -> AsyncRegistrator:
+        """Register now and keep the lease alive from a task; errors as :meth:`Registrator.start`."""
+        if self._client is not None:
+            raise RuntimeError(f"the registrator of {self.key} is started already")
+        client = self._client = AsyncEtcdClient(self._reg.config)
+        try:
+            await self._register(client)
+        except EtcdError as exc:
+            await client.aclose()
+            self._client = None
+            raise self._reg.unavailable(exc) from exc
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(client), name=f"etcd-lease {self.key}")
+        if self._handle_signals:
+            self._signals[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+            loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+        return self
+
+    async def _run(self, client: AsyncEtcdClient) -> None:
+        reg = self._reg
+        while True:
+            await asyncio.sleep(reg.next_delay())
+            try:
+                if reg.lease == 0 or not reg.renewed(await client.lease_keepalive(reg.lease)):
+                    await self._register(client)
+            except EtcdError as exc:
+                reg.failed(exc)
+
+    def _on_signal(self, signum: int) -> None:
+        previous = self._signals.get(signum, signal.SIG_DFL)
+
+        async def deregister_then_chain() -> None:
+            await self.aclose()
+            _chain(signum, previous, None)
+
+        task = asyncio.get_running_loop().create_task(deregister_then_chain())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def aclose(self) -> None:
+        """Stop renewing and deregister (revoke the lease). Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        if self._signals:
+            loop = asyncio.get_running_loop()
+            for signum, previous in self._signals.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            self._signals.clear()
+        client, self._client = self._client, None
+        lease, self._reg.lease = self._reg.lease, 0
+        if client is not None:
+            try:
+                if lease:
+                    await client.lease_revoke(lease)
+                    _log.info("deregistered %s", self.key)
+            except EtcdError as exc:
+                self._reg.revoke_failed(exc)
+            finally:
+                await client.aclose()
+
+    async def __aenter__(self) -> AsyncRegistrator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncRegistrator({self._reg!r})"
