@@ -15,7 +15,7 @@ import grpc
 
 from resilience._validate import integer
 from resilience.context import CallContext
-from resilience.errors import DeadlineExceededError
+from resilience.errors import DeadlineExceededError, RejectedError
 from resilience.outcome import Classifier, Outcome
 from resilience.pipeline import Pipeline
 from resilience.policies.retry import Retry
@@ -189,6 +189,10 @@ class GrpcClassifier(Classifier):
         self.pushback_codes = DEFAULT_PUSHBACK_CODES if pushback is None else pushback
 
     def error(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, RejectedError):
+            # A local rejection, even one raised as a grpc.RpcError by an inner adapter,
+            # never reached the backend.
+            return Outcome.IGNORED
         if isinstance(exc, grpc.RpcError):
             code = _error_code(exc)
             if code is None or code in self.failure_codes:
@@ -199,6 +203,8 @@ class GrpcClassifier(Classifier):
         return super().error(exc)
 
     def retryable_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, RejectedError):
+            return False
         if isinstance(exc, grpc.RpcError):
             code = _error_code(exc)
             if code in self.retryable_codes:
