@@ -311,6 +311,12 @@ class ResponseStream(grpc.Call, _c.Future):
         return f"ResponseStream({self._call!r})"
 
 
+def caller_stream(result: Any) -> Any:
+    """What the caller gets for a response-streaming pipeline's result: the stream of a
+    :class:`PendingStream`, anything else (a fallback's value) as it is."""
+    return result.take() if isinstance(result, PendingStream) else result
+
+
 def read_first(call: Any, ctx: CallContext) -> PendingStream:
     """Wait for the first message of a response stream; an error before it fails the attempt."""
     try:
@@ -322,6 +328,63 @@ def read_first(call: Any, ctx: CallContext) -> PendingStream:
         raise
     ctx.committed = True
     return PendingStream(call, first)
+
+
+class Answered(grpc.Call, _c.Future):
+    """A finished ``OK`` call whose response no server sent: a fallback's answer."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def trailing_metadata(self) -> Any:
+        return ()
+
+    def code(self) -> Any:
+        return _S.OK
+
+    def details(self) -> Any:
+        return ""
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> Any:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._response
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return None
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __repr__(self) -> str:
+        return f"Answered({self._response!r})"
 
 
 def unary_outcome(outcome: Any, ctx: CallContext) -> Any:
@@ -573,7 +636,8 @@ class BackgroundCall(grpc.Call, _c.Future):
             raise grpc.FutureCancelledError()
         if self._error is not None:
             raise self._error
-        return self._value.result()
+        value = self._value
+        return value.result() if isinstance(value, grpc.Future) else value  # else a fallback's value
 
     def exception(self, timeout: float | None = None) -> Any:
         if not self._wait(timeout):
@@ -616,11 +680,12 @@ class BackgroundCall(grpc.Call, _c.Future):
         return _status(self._outcome(), "trailing_metadata", ())
 
     def code(self) -> Any:
-        return _status(self._outcome(), "code", _S.UNKNOWN)
+        outcome = self._outcome()  # an error that is no grpc.Call is UNKNOWN; a fallback's value OK
+        return _status(outcome, "code", _S.UNKNOWN if self._error is not None else _S.OK)
 
     def details(self) -> Any:
         outcome = self._outcome()
-        return _status(outcome, "details", str(outcome))
+        return _status(outcome, "details", str(outcome) if self._error is not None else "")
 
     def __repr__(self) -> str:
         state = ("running", "done", "cancelled")[self._state]
@@ -654,7 +719,7 @@ class StreamCall(BackgroundCall):
         except BaseException as exc:  # the thread reports every ending
             self._finish(None, caller_error(exc))
             return
-        if not self._finish(value.take(), None):
+        if not self._finish(caller_stream(value), None) and isinstance(value, PendingStream):
             value.cancel()  # cancelled meanwhile
 
     def __iter__(self) -> Iterator[Any]:
@@ -854,7 +919,10 @@ class ResilienceInterceptor(
             return background
         try:
             result = pipeline.execute(attempt, ctx)
-            return result.take() if response_streaming else result
+            if response_streaming:
+                return caller_stream(result)
+            # grpc reads the response with ``result()``: an answer no attempt gave (a fallback's) is wrapped.
+            return result if background is not None or isinstance(result, grpc.Future) else Answered(result)
         except Exception as exc:
             error = rpc_error(exc)
             if error is None:

@@ -52,6 +52,7 @@ from ._grpc_common import (
 )
 from ._grpc_errors import rpc_error
 from .grpc import (
+    Answered,
     BackgroundCall,
     FutureCall,
     PendingStream,
@@ -60,6 +61,7 @@ from .grpc import (
     attempt_metadata,
     attempt_timeout,
     caller_error,
+    caller_stream,
     future_outcome,
     read_first,
     record_pushback,
@@ -89,6 +91,11 @@ def _release_done(selection: Selection[Any], start: float, ctx: CallContext, fut
     else:
         outcome = _SUCCESS if error is None else error_outcome(ctx, error)
     _release(selection, outcome, start, ctx)
+
+
+def _is_with_call(result: Any) -> bool:
+    """Whether ``result`` is what ``with_call`` of an attempt gave: ``(response, call)``."""
+    return isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], grpc.Call)
 
 
 class _SyncCallable(_Callable):
@@ -173,7 +180,11 @@ class _SyncCallable(_Callable):
             return background
         try:
             result = pipeline.execute(attempt, ctx) if pipeline is not None else attempt(ctx)
-            return result.take() if response_streaming else result
+            if response_streaming:
+                return caller_stream(result)
+            if mode == _WITH_CALL and not _is_with_call(result):
+                return result, Answered(result)  # a fallback's answer, with a call object
+            return result
         except Exception as exc:
             error = rpc_error(exc)
             if error is None:

@@ -36,6 +36,7 @@ from resilience.pipeline import Pipeline
 from resilience.policies.backoff import Constant
 from resilience.policies.bulkhead import Bulkhead
 from resilience.policies.circuit_breaker import CircuitBreaker, CircuitState
+from resilience.policies.fallback import Fallback
 from resilience.policies.retry import Retry
 from resilience.policies.timeout import Timeout
 from resilience.policies.token_bucket import TokenBucket
@@ -228,6 +229,23 @@ def test_no_endpoint_is_unavailable_and_a_no_endpoint_error() -> None:
             future = c[UNARY].future(b"f", timeout=5)
             assert isinstance(future.exception(timeout=5), NoEndpointError)
             assert future.code() is S.UNAVAILABLE
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_a_fallbacks_answer_reaches_future_and_stream_callers(server: Running, via: str) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, break_duration=60)
+    fallback = Fallback(handler=lambda given: [b"fallback"] if "Stream" in given.context.method else b"fallback")
+    with open_channel(via, server, _policy(fallback, breaker)) as channel:
+        c = callables(channel)
+        server.service.script(UNARY, Fault(S.UNAVAILABLE))
+        assert c[UNARY](b"trip", timeout=5) == b"fallback"
+        assert breaker.state is CircuitState.OPEN
+        response, call = c[UNARY].with_call(b"w", timeout=5)
+        assert (response, call.code()) == (b"fallback", S.OK)
+        future = c[UNARY].future(b"f", timeout=5)
+        assert future.result(timeout=5) == b"fallback"
+        assert future.code() is S.OK
+        assert list(c[SERVER_STREAM](b"s", timeout=5)) == [b"fallback"]
 
 
 # -- item 8: call objects ----------------------------------------------------------------------
