@@ -91,11 +91,13 @@ class HttpxClassifier(Classifier):
         self.drain_limit = drain_limit
 
     def error(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, RejectedError):
+            return Outcome.IGNORED  # before TransportError: the transports raise rejections as both
         if isinstance(exc, httpx.TransportError):
             if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
                 return Outcome.IGNORED
             return Outcome.FAILURE
-        if isinstance(exc, httpx.InvalidURL | httpx.StreamError | RejectedError) or not isinstance(exc, Exception):
+        if isinstance(exc, httpx.InvalidURL | httpx.StreamError) or not isinstance(exc, Exception):
             return Outcome.IGNORED
         return Outcome.FAILURE
 
@@ -170,5 +172,3 @@ def _ranges(statuses: frozenset[int]) -> str:
         else:
             out.append(str(status))
     return "{" + ", ".join(out) + "}"
-
-

@@ -44,9 +44,20 @@ so this is what bounds a sync request; an async one is also cancelled at the dea
 body of a streamed response is read by the caller after the call returned: its reads keep
 the read timeout of the attempt that answered.
 
-Errors of the policies (:class:`~resilience.CircuitOpenError`,
-:class:`~resilience.DeadlineExceededError`, ...) propagate out of the client's call as
-they are, next to httpx's own errors.
+**Errors.** When a policy ends a call, the error raised is the library's own
+(:class:`~resilience.CircuitOpenError`, :class:`~resilience.DeadlineExceededError`, ...,
+with its ``context`` and ``retry_after``) and also an httpx exception with ``.request``
+set: a deadline is an ``httpx.TimeoutException``, a rejection (open circuit, full
+bulkhead, rate limit, throttling, concurrency limit, no endpoint) an
+``httpx.TransportError``, a spent retry budget the class of the last attempt's error. So
+``except httpx.HTTPError`` and ``except CircuitOpenError`` both catch it (the table is in
+:mod:`interceptors._httpx_errors`). httpx's own errors pass through unchanged.
+
+**Cancelled attempts** (a hedge that lost, an async ``Timeout``, a caller that gave up)
+give their pooled connection back: httpcore 1.0.9 can leave a connection that was being
+opened for a cancelled request in its pool, assigned to no request, until every slot is
+taken (encode/httpcore#1093); the async transport takes such connections out of the
+pool of ``httpx.AsyncHTTPTransport`` after each cancelled attempt.
 """
 
 from __future__ import annotations
@@ -56,15 +67,18 @@ import ssl
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
+import httpcore
 import httpx
 
+from resilience._aio import checkpoint
 from resilience.balancing.base import Balancer
-from resilience.balancing.pool import EndpointState, HealthFactory, Hold, Selection
+from resilience.balancing.pool import EndpointState, HealthFactory, Selection
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
-from resilience.outcome import Outcome
+from resilience.errors import ResilienceError
+from resilience.outcome import Outcome, error_outcome
 
 from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, _OnceBody, replayable
 from ._httpx_core import (
@@ -80,6 +94,7 @@ from ._httpx_core import (
     endpoint_request,
     parse_retry_after,
 )
+from ._httpx_errors import httpx_error
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -181,8 +196,12 @@ class ResilientTransport(httpx.BaseTransport):
             one of the service's endpoints (default none).
         balancer: picks the endpoint of each attempt (default round robin).
         endpoint_transport: makes the inner transport of an endpoint. By default each
-            endpoint gets its own ``httpx.HTTPTransport()`` (its own connection pool), unless
-            ``inner`` is given, which then serves every endpoint.
+            endpoint gets its own ``httpx.HTTPTransport()`` (its own connection pool, all of
+            them sharing one TLS context), unless ``inner`` is given, which then serves every
+            endpoint. Called when discovery lists the endpoint (on the thread that delivers
+            discovery's changes; for the endpoints known at a service's first request, in
+            that request), never per request; the transport is closed once discovery drops
+            the endpoint and its last response is closed.
         idempotent_methods: methods retried without an opt-in (default GET, HEAD, OPTIONS,
             PUT, DELETE, TRACE).
         rewrite_host_header: send the endpoint's address as ``Host`` instead of the
@@ -235,10 +254,16 @@ class ResilientTransport(httpx.BaseTransport):
         exchange = _SyncExchange(self, request, ctx, discovered)
         try:
             response = pipeline.execute(exchange, ctx)
+        except ResilienceError as exc:
+            error = httpx_error(exc, request)
+            if error is None:
+                raise
+        else:
+            ctx.committed = True
+            return _checked(response)
         finally:
             exchange.finish()
-        ctx.committed = True
-        return _checked(response)
+        raise error  # outside the except clause: the library error is not shown twice
 
     def close(self) -> None:
         for transport in self._router.shutdown():
@@ -284,7 +309,7 @@ class _SyncExchange(_Exchange):
             inner = resource if resource is not None else self.transport._inner
             response = inner.handle_request(request)
         except BaseException as exc:
-            _release(selection, ctx, ctx.classifier.error(exc), start)
+            _release_error(selection, ctx, exc, start)
             raise
         if resource is not None:
             response.stream = _HeldSyncStream(response.stream, selection.hold())
@@ -295,6 +320,13 @@ class _SyncExchange(_Exchange):
 def _release(selection: Selection[Any], ctx: CallContext, outcome: Outcome, start: float) -> None:
     now = ctx.clock.monotonic()
     selection.release(outcome, now - start, now, ctx)
+
+
+def _release_error(selection: Selection[Any], ctx: CallContext, exc: BaseException, start: float) -> None:
+    # error_outcome, not the classifier alone: an attempt cut by the call's deadline (an
+    # outer Timeout cancelling it) was too slow, which counts against the endpoint.
+    now = ctx.clock.monotonic()
+    selection.release(error_outcome(ctx, exc, now), now - start, now, ctx)
 
 
 class AsyncResilientTransport(httpx.AsyncBaseTransport):
@@ -364,10 +396,16 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         exchange = _AsyncExchange(self, request, ctx, discovered)
         try:
             response = await pipeline.aexecute(exchange, ctx)
+        except ResilienceError as exc:
+            error = httpx_error(exc, request)
+            if error is None:
+                raise
+        else:
+            ctx.committed = True
+            return _checked(response)
         finally:
             exchange.finish()
-        ctx.committed = True
-        return _checked(response)
+        raise error  # outside the except clause: the library error is not shown twice
 
     async def aclose(self) -> None:
         for transport in self._router.shutdown():
@@ -405,17 +443,23 @@ class _AsyncExchange(_Exchange):
 
     async def __call__(self, ctx: CallContext) -> httpx.Response:
         if self.discovered is None:
-            return self.answered(ctx, await self.transport._inner.handle_async_request(self.prepare(ctx, None)))
+            inner = self.transport._inner
+            try:
+                response = await inner.handle_async_request(self.prepare(ctx, None))
+            except BaseException as exc:
+                await _after_error(ctx, inner, exc)
+                raise
+            return self.answered(ctx, response)
         selection = self.router.pool(self.discovered).pick(ctx)
         clock = ctx.clock
         start = clock.monotonic()
+        resource = selection.state.resource
+        inner = resource if resource is not None else self.transport._inner
         try:
-            request = self.prepare(ctx, selection.endpoint)
-            resource = selection.state.resource
-            inner = resource if resource is not None else self.transport._inner
-            response = await inner.handle_async_request(request)
+            response = await inner.handle_async_request(self.prepare(ctx, selection.endpoint))
         except BaseException as exc:
-            _release(selection, ctx, ctx.classifier.error(exc), start)
+            _release_error(selection, ctx, exc, start)
+            await _after_error(ctx, inner, exc)
             raise
         if resource is not None:
             response.stream = _HeldAsyncStream(response.stream, selection.hold())
@@ -423,13 +467,77 @@ class _AsyncExchange(_Exchange):
         return self.answered(ctx, response)
 
 
+_DEADLINE_SLACK = 1e-3  # a timer fires up to the loop's clock resolution early
+
+
+async def _after_error(ctx: CallContext, inner: object, exc: BaseException) -> None:
+    """What an async attempt that raised ``exc`` owes before the error goes on."""
+    if not isinstance(exc, Exception):  # cancelled
+        await _reclaim_orphans(inner)
+    elif isinstance(exc, httpx.TimeoutException):
+        deadline = ctx.deadline
+        if deadline is not None and ctx.clock.monotonic() + _DEADLINE_SLACK >= deadline:
+            # httpx's timeouts were cut to the call's deadline, so they fire with it: the
+            # policy that set the deadline (an async Timeout, cancelling at that moment) has
+            # the first word. Under load both can fall due in one scheduler pass, and yield
+            # once lets its cancellation, and so its DeadlineExceededError, come through.
+            await checkpoint()
+
+
+# -- connections left behind by a cancelled attempt ---------------------------------------
+
+
+def _unstarted(connection: object) -> bool:
+    """Whether a pooled connection was made for a request and never started serving it.
+
+    httpcore creates the connection of a queued request while that request waits, and
+    connects it in the request's task. Cancelled in between, or after connecting but
+    before the HTTP/1.1 exchange took its state lock, the request leaves the pool with
+    the connection still CONNECTING or NEW: neither idle, closed nor expired, so the pool
+    never reclaims it (encode/httpcore#1093).
+    """
+    if not isinstance(connection, httpcore.AsyncHTTPConnection):
+        return False
+    opened = getattr(connection, "_connection", None)
+    if opened is None:
+        return getattr(connection, "_connect_failed", True) is False
+    if isinstance(opened, httpcore.AsyncHTTP11Connection):
+        state = getattr(opened, "_state", None)
+        return getattr(state, "name", None) == "NEW"
+    return False
+
+
+async def _reclaim_orphans(transport: object) -> None:
+    """After a cancelled attempt, take the connections that belong to no request out of the
+    httpcore pool of ``transport`` (an ``httpx.AsyncHTTPTransport``), and give their slots
+    to the requests waiting. Anything else (another transport, another pool) is left alone.
+    """
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool):
+        return
+    try:
+        with pool._optional_thread_lock:
+            owned = {id(r.connection) for r in pool._requests if r.connection is not None}
+            orphans = [c for c in pool._connections if id(c) not in owned and _unstarted(c)]
+            if not orphans:
+                return
+            for connection in orphans:
+                pool._connections.remove(connection)
+            closing = pool._assign_requests_to_connections()
+    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
+        return
+    # Shielded inside: the task is being cancelled, and the sockets must close all the same.
+    await pool._close_connections([*orphans, *closing])
+
+
 # -- per-endpoint transports ---------------------------------------------------------------
 
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    """The default TLS context, built once: loading the CA bundle costs 50-185 ms, which must
-    never happen on the request path (an endpoint's transport is made on its first pick)."""
+    """The default TLS context, built once, when the first transport is constructed: loading
+    the CA bundle costs 50-185 ms, which must never happen on the request path. Every
+    default transport (inner and per endpoint) shares it."""
     return httpx.create_ssl_context()
 
 
@@ -446,12 +554,18 @@ def _close_sync(state: EndpointState[Any]) -> None:
         state.resource.close()
 
 
+class _Hold(Protocol):
+    """What ``Selection.hold()`` returns: closed once the response body is."""
+
+    def close(self) -> None: ...
+
+
 class _HeldSyncStream(httpx.SyncByteStream):
     """A response body that keeps its endpoint's transport open until it is closed."""
 
     __slots__ = ("_hold", "_inner")
 
-    def __init__(self, inner: Any, hold: Hold) -> None:
+    def __init__(self, inner: Any, hold: _Hold) -> None:
         self._inner: httpx.SyncByteStream = inner
         self._hold = hold
 
@@ -470,7 +584,7 @@ class _HeldAsyncStream(httpx.AsyncByteStream):
 
     __slots__ = ("_hold", "_inner")
 
-    def __init__(self, inner: Any, hold: Hold) -> None:
+    def __init__(self, inner: Any, hold: _Hold) -> None:
         self._inner: httpx.AsyncByteStream = inner
         self._hold = hold
 
