@@ -97,14 +97,21 @@ def check_ejection(ejection: object) -> OutlierEjection | None:
 class IdentityCache(Generic[V]):
     """What a balancer derives from an endpoint list, kept per list object (a few lists at most).
 
-    The pool hands the same tuple until discovery changes it, so a lookup by identity is
-    O(1); another sequence with the same items finds the same entry after an O(n) compare.
+    The pool hands the same tuple until discovery changes it, and a new tuple after any
+    change (weights and zones included), so a tuple is found by identity, in O(1). Another
+    kind of sequence is compared item by item (O(n)) and its entry checked with ``fresh``.
     """
 
-    __slots__ = ("_entries", "_lock", "_make", "size")
+    __slots__ = ("_entries", "_fresh", "_lock", "_make", "size")
 
-    def __init__(self, make: Callable[[tuple[EndpointState[Any], ...]], V], size: int = 8) -> None:
+    def __init__(
+        self,
+        make: Callable[[tuple[EndpointState[Any], ...]], V],
+        fresh: Callable[[V], bool] | None = None,
+        size: int = 8,
+    ) -> None:
         self._make = make
+        self._fresh = fresh
         self.size = size
         self._entries: dict[int, tuple[tuple[EndpointState[Any], ...], V]] = {}
         self._lock = threading.Lock()
@@ -115,9 +122,10 @@ class IdentityCache(Generic[V]):
             return entry[1]
         key = states if isinstance(states, tuple) else tuple(states)
         with self._lock:
-            for held, value in self._entries.values():
-                if held == key:
-                    return value
+            if key is not states:
+                for held, value in self._entries.values():
+                    if held == key and (self._fresh is None or self._fresh(value)):
+                        return value
             value = self._make(key)
             if len(self._entries) >= self.size:
                 del self._entries[next(iter(self._entries))]

@@ -44,6 +44,10 @@ class _Schedule:
         heapq.heapify(self.heap)
         self.lock = threading.Lock()
 
+    def fresh(self) -> bool:
+        """Whether the weights are still those of the endpoints (a list given twice, not a tuple)."""
+        return self.weights == [s.endpoint.weight for s in self.states]
+
     def _restart(self) -> None:
         """Every endpoint had its turns of the cycle: the next one starts."""
         counts, weights = self.counts, self.weights
@@ -110,7 +114,7 @@ class WeightedRoundRobin(Balancer):
         self.zone = zone_preference(zone)
         self.ejection = check_ejection(ejection)
         self._zones = ZoneGroups(self.zone) if self.zone is not None else None
-        self._schedules: IdentityCache[_Schedule] = IdentityCache(_Schedule)
+        self._schedules: IdentityCache[_Schedule] = IdentityCache(_Schedule, _Schedule.fresh)
 
     def pick(self, candidates: Sequence[EndpointState[Any]], ctx: CallContext, now: float) -> EndpointState[Any]:
         chosen = self.select(candidates, None, ctx, now)

@@ -65,14 +65,19 @@ def zone_preference(value: object) -> ZonePreference | None:
 
 
 class _Group:
-    __slots__ = ("checked", "local", "needed", "states", "use_local")
+    __slots__ = ("checked", "local", "needed", "states", "use_local", "zone")
 
     def __init__(self, states: tuple[EndpointState[Any], ...], zone: str, share: float) -> None:
         self.states = states
+        self.zone = zone
         self.local = tuple(s for s in states if s.endpoint.zone == zone)
         self.needed = max(1, math.ceil(share * len(self.local) - 1e-9))
         self.use_local = bool(self.local)
         self.checked = -math.inf
+
+    def fresh(self) -> bool:
+        """Whether the local endpoints are still those of the zone (a list given twice, not a tuple)."""
+        return self.local == tuple(s for s in self.states if s.endpoint.zone == self.zone)
 
 
 class ZoneGroups:
@@ -83,7 +88,7 @@ class ZoneGroups:
     def __init__(self, preference: ZonePreference) -> None:
         self.preference = preference
         self._cache: IdentityCache[_Group] = IdentityCache(
-            lambda states: _Group(states, preference.zone, preference.min_healthy)
+            lambda states: _Group(states, preference.zone, preference.min_healthy), _Group.fresh
         )
 
     def candidates(self, states: Sequence[EndpointState[Any]], now: float) -> Sequence[EndpointState[Any]]:
