@@ -19,8 +19,9 @@ stubs work as with any channel::
 Calls behave as on a plain channel, as through :class:`~interceptors.grpc.ResilienceInterceptor`
 (errors that are ``grpc.RpcError`` s, ``future()`` that returns at once, streams judged at
 their end: an endpoint's pick is released when its stream ends, with the stream's outcome;
-see :mod:`interceptors.grpc`). Differences: an aio call starts when it is awaited or
-iterated; ``subscribe``/``get_state`` report on the sub-channels as a whole (ready when any is).
+see :mod:`interceptors.grpc`). An aio call is a full ``grpc.aio`` call started at once
+(see :mod:`interceptors.grpc_channel_aio`). One difference: ``subscribe``/``get_state``
+report on the sub-channels as a whole (ready when any is).
 """
 
 from __future__ import annotations
