@@ -80,6 +80,7 @@ class _Registration:
         self.rng = rng if rng is not None else Random()
         self.lease = 0
         self.registrations = 0
+        self.renewals = 0
         self.failures = 0
         self._previous_delay = 0.0
 
@@ -93,6 +94,7 @@ class _Registration:
         """A renewal answered ``ttl``; ``False`` when the lease is gone and must be replaced."""
         self.failures = 0
         if ttl > 0:
+            self.renewals += 1
             return True
         _log.warning("etcd no longer has lease %x of %s: registering again", self.lease, self.key)
         self.lease = 0
@@ -199,6 +201,11 @@ class Registrator:
     def registrations(self) -> int:
         """How many times the instance was registered (1, plus one per lost lease)."""
         return self._reg.registrations
+
+    @property
+    def renewals(self) -> int:
+        """How many times the lease was renewed."""
+        return self._reg.renewals
 
     def _register(self, client: EtcdClient) -> None:
         lease = client.lease_grant(self._reg.ttl)
@@ -329,6 +336,11 @@ class AsyncRegistrator:
     def registrations(self) -> int:
         """How many times the instance was registered (1, plus one per lost lease)."""
         return self._reg.registrations
+
+    @property
+    def renewals(self) -> int:
+        """How many times the lease was renewed."""
+        return self._reg.renewals
 
     async def _register(self, client: AsyncEtcdClient) -> None:
         lease = await client.lease_grant(self._reg.ttl)
