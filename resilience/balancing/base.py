@@ -33,8 +33,6 @@ class _Addressed(Protocol):
 A = TypeVar("A", bound=_Addressed)
 V = TypeVar("V")
 
-_TURNS = 8  # turns a round-robin pick passes on before it filters the list
-
 
 class Balancer:
     """Chooses the endpoint of each attempt among candidates; learns from how attempts ended.
@@ -138,8 +136,9 @@ class IdentityCache(Generic[V]):
 class RoundRobin(Balancer):
     """Each candidate in turn (weights are not looked at: see :class:`~resilience.WeightedRoundRobin`).
 
-    A turn that must be skipped (an endpoint tried by the call, ejected, or rejected by its
-    health) passes to the next endpoint in the list, so a retry's pick stays O(1).
+    A first pick is O(1); a pick that must skip endpoints (a retry, an ejection) takes its
+    turn among the others, which filters the list: O(n). :class:`~resilience.PeakEwma` and
+    :class:`~resilience.WeightedRoundRobin` stay flat there too.
 
     Args:
         ejection: outlier ejection for the pools it serves (default none).
@@ -151,19 +150,6 @@ class RoundRobin(Balancer):
 
     def pick(self, candidates: Sequence[EndpointState[Any]], ctx: CallContext, now: float) -> EndpointState[Any]:
         return candidates[next(self._counter) % len(candidates)]
-
-    def select(
-        self, states: Sequence[EndpointState[Any]], skip: Skip | None, ctx: CallContext, now: float
-    ) -> EndpointState[Any] | None:
-        if skip is None or type(self).pick is not RoundRobin.pick:  # a subclass's pick sees the filtered list
-            return super().select(states, skip, ctx, now)
-        n = len(states)
-        turn = next(self._counter)
-        for k in range(min(n, _TURNS)):
-            state = states[(turn + k) % n]
-            if not skip(state):
-                return state
-        return super().select(states, skip, ctx, now)
 
     def __repr__(self) -> str:
         return "RoundRobin()"
