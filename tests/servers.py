@@ -293,6 +293,7 @@ class TcpProxy:
         self._threads: list[threading.Thread] = []
         self.blocked = False
         self._closed = False
+        self._frozen: set[int] = set()  # ids of sockets whose data is dropped
         self.accepted = 0
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
@@ -323,11 +324,11 @@ class TcpProxy:
                 thread.start()
                 self._threads.append(thread)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if id(src) not in self._frozen:
+                    dst.sendall(data)
         except OSError:
             pass
         for sock in (src, dst):
@@ -342,6 +343,11 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
+
+    def freeze(self) -> None:
+        """Open connections stay open but carry nothing more (a silent peer); new ones work."""
+        with self._lock:
+            self._frozen.update(id(sock) for pair in self._pairs for sock in pair)
 
     def block(self) -> None:
         self.blocked = True

@@ -213,6 +213,17 @@ def test_close_stops_the_thread_even_from_a_subscriber(etcd: EtcdServer, client:
     assert discovery.client is not None and discovery.client._http.is_closed
 
 
+def test_a_silent_stream_is_dropped_after_the_idle_timeout(client: EtcdClient, proxy: TcpProxy, prefix: str) -> None:
+    url = f"etcd://127.0.0.1:{proxy.port}{prefix}"
+    updates = Updates()
+    # Progress notifications come every 200 ms: a stream quiet for 1 s is dead.
+    with EtcdDiscovery(url, idle_timeout=1.0, backoff=Constant(0.05), on_update=updates) as discovery:
+        proxy.freeze()  # the watch's connection goes silent without closing
+        client.put(f"{prefix}/orders/a", value("10.0.0.1:80"))
+        assert wait_until(lambda: addresses(discovery, "orders") == ["10.0.0.1:80"])
+        assert updates.resyncs() == 1
+
+
 # -- outages of etcd itself ------------------------------------------------------------------
 
 

@@ -231,6 +231,7 @@ class Registrator:
             client.close()
             self._client = None
             raise self._reg.unavailable(exc) from exc
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(client,), name=f"etcd-lease {self.key}", daemon=True)
         self._thread.start()
         if self._handle_signals:
@@ -256,6 +257,7 @@ class Registrator:
         """Stop renewing and deregister (revoke the lease). Idempotent."""
         self._stop.set()
         thread, client = self._thread, self._client
+        self._client = None
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._reg.config.timeout + self._reg.config.connect_timeout + 1.0)
         self._thread = None
