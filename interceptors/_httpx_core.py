@@ -1,14 +1,14 @@
 """The I/O-free half of the httpx transports: the router that prepares each request and attempt.
 
 :mod:`interceptors.httpx` holds the two thin executors (sync and asyncio); what they share
-is written once, in four rooms: :mod:`._httpx_classify` (what a response means),
+is written once, in five rooms: :mod:`._httpx_classify` (what a response means),
 :mod:`._httpx_routes` (the rule table and per-request options), :mod:`._httpx_bodies`
-(bodies sent once) and this module (the router and the per-attempt request).
+(bodies sent once), :mod:`._httpx_endpoints` (the endpoints' own transports) and this
+module (the router, and the exchange that prepares each attempt's request).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -24,7 +24,9 @@ from resilience.discovery.base import Discovery, Endpoint
 from resilience.errors import DeadlineExceededError
 from resilience.pipeline import Pipeline
 
+from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, _OnceBody, replayable
 from ._httpx_classify import DEFAULT_FAILURE_STATUSES, HttpxClassifier, parse_retry_after
+from ._httpx_endpoints import EndpointTransports
 from ._httpx_routes import (
     _EXTENSION_KEYS,
     EXTENSION,
@@ -35,8 +37,7 @@ from ._httpx_routes import (
     Route,
     _PolicySet,
 )
-
-_log = logging.getLogger("resilience")
+from ._wiring import CallPicks, Ejection, as_discovery, as_ejection, hedges, may_race
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -49,44 +50,6 @@ __all__ = [
     "Route",
     "parse_retry_after",
 ]
-
-# -- per-endpoint transports, built as discovery lists the endpoints ----------------------
-
-
-class EndpointTransports(EndpointPool[Any]):
-    """An endpoint pool whose resources (the endpoints' transports) are built when discovery
-    lists an endpoint, not on its first pick.
-
-    Building an ``httpx.AsyncHTTPTransport`` inside a request would stall the event loop
-    (it costs ~0.1 ms with the shared TLS context, 50-185 ms without one); here it happens
-    in :meth:`update`, on the thread that delivers discovery's changes, and the transport
-    is reused by every request until discovery drops the endpoint. Only the first request
-    of a service, which subscribes the pool, builds the transports of the endpoints known
-    then. A transport whose factory raised is left to be built on its first pick, which
-    then raises to the caller.
-    """
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        super().update(endpoints)
-        for state in self.states:
-            if state.resource is None and not state.removed:
-                self._build(state)
-
-    def _build(self, state: EndpointState[Any]) -> None:
-        try:
-            made = self._make(state.endpoint)  # the adapter's factory: never under the lock
-        except Exception:
-            _log.exception("building the transport of %s (service %r) failed", state.address, self.service)
-            return
-        with self._lock:
-            if state.resource is None and not state.removed and not self.closed:
-                state.resource = made
-                return
-        if self._close is not None:  # dropped meanwhile, or another thread was first
-            spare: EndpointState[Any] = EndpointState(state.endpoint, ())
-            spare.resource = made
-            self._close(spare)
-
 
 # -- the per-call preparation, shared by both transports ---------------------------------
 
@@ -101,11 +64,12 @@ class Router:
         policies: Mapping[str, PolicySet] | None,
         routes: Sequence[Route],
         classifier: HttpxClassifier | None,
-        discovery: Discovery | None,
+        discovery: Discovery | str | None,
         balancer: Balancer | None,
         idempotent_methods: Collection[str],
         rewrite_host_header: bool,
         endpoint_health: HealthFactory | None = None,
+        ejection: Ejection | None = None,
     ) -> None:
         self.default = _PolicySet("default", pipeline if pipeline is not None else Pipeline())
         self.policies: dict[str, _PolicySet] = {}
@@ -125,9 +89,6 @@ class Router:
             raise TypeError(f"classifier must be an HttpxClassifier, got {classifier!r}")
         self.classifier = classifier if classifier is not None else HttpxClassifier()
         self.failure_statuses = self.classifier.failure_statuses
-        if discovery is not None and not isinstance(discovery, Discovery):
-            raise TypeError(f"discovery must implement the Discovery protocol, got {discovery!r}")
-        self.discovery = discovery
         if balancer is not None and not isinstance(balancer, Balancer):
             raise TypeError(f"balancer must be a Balancer, got {balancer!r}")
         self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
@@ -141,11 +102,19 @@ class Router:
         if endpoint_health is not None and not callable(endpoint_health):
             raise TypeError(f"endpoint_health must be a callable(endpoint) -> gate(s), got {endpoint_health!r}")
         self.endpoint_health = endpoint_health
+        self.ejection = as_ejection(ejection)
         self.make_resource: Callable[[Endpoint], Any] | None = None
         self.close_resource: Callable[[EndpointState[Any]], None] | None = None
         self._pools: dict[str, EndpointPool[Any]] = {}
         self._pools_lock = threading.Lock()
         self.closed = False
+        # Last, once every other argument is known good: a URI may start a watch.
+        self.discovery: Discovery | None = None
+        self._owned: Discovery | None = None  # made here from a URI: closed with the transport
+        if discovery is not None:
+            self.discovery, owned = as_discovery(discovery)
+            if owned:
+                self._owned = self.discovery
 
     def _policy_set(self, policy: object, where: str) -> _PolicySet | None:
         if policy is None:
@@ -274,9 +243,12 @@ class Router:
                         health=self.endpoint_health,
                         make=self.make_resource,
                         close=self.close_resource,
+                        ejection=self.ejection,
                     )
                 else:
-                    pool = EndpointPool(service, self.discovery, self.balancer, health=self.endpoint_health)
+                    pool = EndpointPool(
+                        service, self.discovery, self.balancer, health=self.endpoint_health, ejection=self.ejection
+                    )
                 self._pools[service] = pool
         return pool
 
@@ -289,6 +261,18 @@ class Router:
         for pool in pools:
             resources.extend(state.resource for state in pool.close())
         return resources
+
+    def close_discovery(self) -> None:
+        """Close the discovery made from a URI (once; a source given ready-made is the caller's)."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
+
+    async def aclose_discovery(self) -> None:
+        """:meth:`close_discovery` for the async transport."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
 
     def addresses(self) -> list[str]:
         """The endpoints that have a live per-endpoint resource now (for tests and diagnostics)."""
@@ -339,6 +323,77 @@ class Router:
             value = response.headers.get("retry-after")
             if value is not None:
                 ctx.pushback = parse_retry_after(value, ctx.clock.wall())
+
+
+class Exchange:
+    """One request's passage through the pipeline; the pipeline calls it once per attempt.
+
+    What an attempt needs is decided here, once for both transports; the two subclasses
+    only send (``handle_request`` or ``await handle_async_request``). Hedged attempts may
+    run concurrently, so nothing per attempt is stored on this object.
+    """
+
+    __slots__ = ("body", "discovered", "picks", "request", "router", "stream", "transport")
+
+    def __init__(
+        self, transport: Any, request: httpx.Request, ctx: CallContext, pipeline: Pipeline, discovered: str | None
+    ) -> None:
+        self.transport = transport
+        self.router: Router = transport._router
+        self.request = request
+        self.discovered = discovered
+        self.body: _OnceBody | None = None
+        stream = self.stream = request.stream
+        if type(stream) is not httpx.ByteStream and not replayable(stream):
+            # Sent at most once: no hedge, no retry once it started to go out (ctx.committed).
+            ctx.idempotent = False
+            body: _OnceBody
+            if isinstance(stream, httpx.SyncByteStream):
+                body = request.stream = OnceSyncStream(stream)
+            elif isinstance(stream, httpx.AsyncByteStream):
+                body = request.stream = OnceAsyncStream(stream)
+            else:  # pragma: no cover - httpx always gives one of the two
+                raise TypeError(f"unsupported request stream {stream!r}")
+            self.body = body
+        # The endpoints of every attempt, when attempts may run at once (see interceptors._wiring).
+        self.picks = CallPicks() if discovered is not None and may_race(ctx) and hedges(pipeline) else None
+
+    def prepare(self, ctx: CallContext, endpoint: Endpoint | None) -> httpx.Request:
+        """The request to send in this attempt (to ``endpoint`` when discovery routes it)."""
+        router = self.router
+        extensions = None
+        if ctx.deadline is not None:
+            extensions = router.attempt_extensions(ctx, self.request.extensions)
+        body = self.body
+        if body is not None:
+            if body.started:
+                raise httpx.StreamConsumed()
+            body.ctx = ctx
+        request = self.request
+        if endpoint is not None:
+            return endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header)
+        if extensions is not None:
+            # The caller's request is never changed: an attempt with its own timeouts gets a
+            # copy (a hedge or an abandoned attempt may still run when the call returns).
+            return endpoint_request(request, None, extensions, rewrite_host_header=False)
+        return request
+
+    def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
+        router = self.router
+        if response.status_code in router.failure_statuses:
+            router.pushback(ctx, response)
+        return response
+
+    def finish(self) -> None:
+        """Give the caller's request back as it was."""
+        if self.body is not None:
+            self.request.stream = self.stream
+
+
+def checked(response: object) -> httpx.Response:
+    if not isinstance(response, httpx.Response):
+        raise TypeError(f"the pipeline returned {response!r}, not an httpx.Response (check the fallback)")
+    return response
 
 
 def _raw_path(url: httpx.URL) -> str:

@@ -44,6 +44,7 @@ from resilience.outcome import Outcome, error_outcome
 from . import _grpc_common as _c
 from ._channel_common import ChannelCallable as _Callable
 from ._channel_common import channels as _channels
+from ._channel_common import open_pool
 from ._channel_common import release as _release
 from ._grpc_common import (
     GrpcPolicies,
@@ -52,6 +53,7 @@ from ._grpc_common import (
     as_policies,
 )
 from ._grpc_errors import rpc_error
+from ._wiring import Ejection, pick
 from .grpc import (
     Answered,
     BackgroundCall,
@@ -124,6 +126,7 @@ class _SyncCallable(_Callable):
         if request_streaming and replays:
             replay = SharedRequests(request, resolved.buffer_limit, ctx)
         background: BackgroundCall | None = None
+        picks = self._picks(ctx)
         if response_streaming:
             if request_streaming and replays:
                 background = StreamCall(ctx)
@@ -133,7 +136,7 @@ class _SyncCallable(_Callable):
         def attempt(ctx: CallContext) -> Any:
             if background is not None:
                 background.check()
-            selection = pool.pick(ctx)
+            selection = pick(pool, ctx, picks)
             start = ctx.clock.monotonic()
             try:
                 inner = self._on(selection.state)
@@ -283,8 +286,11 @@ class ResilientChannel(grpc.Channel):
 
     Args:
         service: the service name asked of ``discovery``.
-        discovery: where the endpoints come from (followed live).
-        balancer: picks the endpoint of each attempt (default :class:`RoundRobin`).
+        discovery: where the endpoints come from (followed live): a source, or its URI
+            (``"etcd://host:2379/prefix"``, ``"static://host:port,host:port"``; the channel
+            then makes the source and closes it with itself).
+        balancer: picks the endpoint of each attempt (default :class:`RoundRobin`); a
+            retry or a hedge goes to an endpoint the call has not tried, when there is one.
         policies: a :class:`~interceptors.grpc.GrpcPolicies` table, a
             :class:`~interceptors.grpc.MethodPolicy` or a :class:`~resilience.Pipeline`
             (default: no policies; calls are still balanced).
@@ -295,13 +301,16 @@ class ResilientChannel(grpc.Channel):
             its channel is closed, > 0 (default 30).
         endpoint_health: builds the health gates of each endpoint, e.g.
             ``lambda endpoint: CircuitBreaker(failure_threshold=5)`` for a breaker per
-            replica: a pick skips an endpoint whose gates reject (default: none).
+            replica: a pick skips an endpoint whose gates reject, and the attempt goes to
+            another one at once (default: none).
+        ejection: outlier ejection, an :class:`~resilience.OutlierEjection` or its options;
+            the events go to its listeners and the pipeline's (default: the balancer's).
     """
 
     def __init__(
         self,
         service: str,
-        discovery: Discovery,
+        discovery: Discovery | str,
         balancer: Balancer | None = None,
         policies: GrpcPolicies | MethodPolicy | Any = None,
         *,
@@ -309,6 +318,7 @@ class ResilientChannel(grpc.Channel):
         options: Sequence[tuple[str, Any]] = (),
         drain_timeout: Seconds = 30.0,
         endpoint_health: HealthFactory | None = None,
+        ejection: Ejection | None = None,
     ) -> None:
         self.policies = as_policies(policies)
         drain = seconds("drain_timeout", drain_timeout)
@@ -316,10 +326,12 @@ class ResilientChannel(grpc.Channel):
         factory = channel_factory or (lambda address: grpc.insecure_channel(address, options=opts))
         self._timers: set[threading.Timer] = set()
         self._timers_lock = threading.Lock()
-        self._pool: EndpointPool[grpc.Channel] = EndpointPool(
+        self._pool: EndpointPool[grpc.Channel]
+        self._pool, self._owned = open_pool(
             service,
             discovery,
             balancer,
+            ejection=ejection,
             health=endpoint_health,
             make=lambda endpoint: factory(endpoint.address),
             close=self._close_state,
@@ -414,6 +426,9 @@ class ResilientChannel(grpc.Channel):
             timer.cancel()
         for state in self._pool.close():
             self._close_state(state)
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
 
     def __enter__(self) -> ResilientChannel:
         return self
@@ -427,7 +442,7 @@ class ResilientChannel(grpc.Channel):
 
 def resilient_channel(
     service: str,
-    discovery: Discovery,
+    discovery: Discovery | str,
     balancer: Balancer | None = None,
     policies: GrpcPolicies | MethodPolicy | Any = None,
     **kwargs: Any,

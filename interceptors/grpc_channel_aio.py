@@ -32,6 +32,7 @@ from resilience.outcome import Outcome, error_outcome
 
 from ._channel_common import ChannelCallable as _Callable
 from ._channel_common import channels as _channels
+from ._channel_common import open_pool
 from ._channel_common import release as _release
 from ._channel_common import running_loop as _running_loop
 from ._grpc_common import (
@@ -40,6 +41,7 @@ from ._grpc_common import (
     as_policies,
 )
 from ._grpc_errors import rpc_error
+from ._wiring import Ejection, pick
 from .grpc import attempt_timeout
 from .grpc_aio import AioStream, AioStreamStream, AioUnaryStream, AsyncReplayableRequests, aio_metadata, await_unary
 from .grpc_aio import read_first as aread_first
@@ -439,9 +441,10 @@ class _AioCallable(_Callable):
 
         caller = weakref.ref(outer)  # the attempts do not keep the caller's call alive
         del outer
+        picks = self._picks(ctx)
 
         async def attempt(ctx: CallContext) -> Any:
-            selection = pool.pick(ctx)
+            selection = pick(pool, ctx, picks)
             start = ctx.clock.monotonic()
             try:
                 inner = self._on(selection.state)
@@ -497,7 +500,7 @@ class AioResilientChannel(grpc.aio.Channel):
     def __init__(
         self,
         service: str,
-        discovery: Discovery,
+        discovery: Discovery | str,
         balancer: Balancer | None = None,
         policies: GrpcPolicies | MethodPolicy | Any = None,
         *,
@@ -505,6 +508,7 @@ class AioResilientChannel(grpc.aio.Channel):
         options: Sequence[tuple[str, Any]] = (),
         drain_timeout: Seconds = 30.0,
         endpoint_health: HealthFactory | None = None,
+        ejection: Ejection | None = None,
     ) -> None:
         self.policies = as_policies(policies)
         drain = seconds("drain_timeout", drain_timeout)
@@ -512,10 +516,12 @@ class AioResilientChannel(grpc.aio.Channel):
         factory = channel_factory or (lambda address: grpc.aio.insecure_channel(address, options=opts))
         self._closing: set[asyncio.Task[Any]] = set()
         self._handles: set[asyncio.TimerHandle] = set()
-        self._pool: EndpointPool[grpc.aio.Channel] = EndpointPool(
+        self._pool: EndpointPool[grpc.aio.Channel]
+        self._pool, self._owned = open_pool(
             service,
             discovery,
             balancer,
+            ejection=ejection,
             health=endpoint_health,
             make=lambda endpoint: factory(endpoint.address),
             close=self._close_state,
@@ -633,6 +639,9 @@ class AioResilientChannel(grpc.aio.Channel):
         await asyncio.gather(*(state.resource.close(grace) for state in states if state.resource is not None))
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
 
     async def __aenter__(self) -> AioResilientChannel:
         return self
@@ -646,7 +655,7 @@ class AioResilientChannel(grpc.aio.Channel):
 
 def aio_resilient_channel(
     service: str,
-    discovery: Discovery,
+    discovery: Discovery | str,
     balancer: Balancer | None = None,
     policies: GrpcPolicies | MethodPolicy | Any = None,
     **kwargs: Any,

@@ -28,8 +28,9 @@ What the transport does for each request:
 - closes a response that is retried; returns the winning one as soon as its headers
   arrive. From then on it is the caller's: its body is never retried;
 - sends a request body that cannot be replayed (a generator) at most once;
-- for a host that the ``discovery`` source knows as a service (``http://orders/...``),
-  sends each attempt to an endpoint picked by the ``balancer``, a retry to another one.
+- for a host that the ``discovery`` source knows as a service (``http://orders/...``), or
+  a route's ``service``, sends each attempt to an endpoint picked by the ``balancer``
+  among those whose health admits it, a retry or a hedge to one the call has not tried.
 
 Per-request options go in ``request.extensions["resilience"]`` (see
 :class:`ResilienceExtension`)::
@@ -62,17 +63,13 @@ pool of ``httpx.AsyncHTTPTransport`` after each cancelled attempt.
 
 from __future__ import annotations
 
-import functools
-import ssl
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-import httpcore
 import httpx
 
-from resilience._aio import checkpoint
 from resilience.balancing.base import Balancer
 from resilience.balancing.pool import EndpointState, HealthFactory, Selection
 from resilience.context import CallContext
@@ -80,21 +77,26 @@ from resilience.discovery.base import Discovery, Endpoint
 from resilience.errors import ResilienceError
 from resilience.outcome import Outcome, error_outcome
 
-from ._httpx_bodies import OnceAsyncStream, OnceSyncStream, _OnceBody, replayable
 from ._httpx_core import (
     DEFAULT_FAILURE_STATUSES,
     EXTENSION,
     IDEMPOTENT_METHODS,
+    Exchange,
     HttpxClassifier,
     PipelineFactory,
     PolicySet,
     ResilienceExtension,
     Route,
     Router,
-    endpoint_request,
+    checked,
     parse_retry_after,
 )
+from ._httpx_endpoints import HeldAsyncStream, HeldSyncStream, after_error, close_sync
+from ._httpx_endpoints import default_async_transport as _default_async_transport
+from ._httpx_endpoints import default_sync_transport as _default_sync_transport
+from ._httpx_endpoints import ssl_context as _ssl_context
 from ._httpx_errors import httpx_error
+from ._wiring import Ejection, pick
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -111,73 +113,6 @@ __all__ = [
 ]
 
 
-class _Exchange:
-    """One request's passage through the pipeline; the pipeline calls it once per attempt.
-
-    What an attempt needs is decided here, once for both transports; the two subclasses
-    only send (``handle_request`` or ``await handle_async_request``). Hedged attempts may
-    run concurrently, so nothing per attempt is stored on this object.
-    """
-
-    __slots__ = ("body", "discovered", "request", "router", "stream", "transport")
-
-    def __init__(self, transport: Any, request: httpx.Request, ctx: CallContext, discovered: str | None) -> None:
-        self.transport = transport
-        self.router: Router = transport._router
-        self.request = request
-        self.discovered = discovered
-        self.body: _OnceBody | None = None
-        stream = self.stream = request.stream
-        if type(stream) is not httpx.ByteStream and not replayable(stream):
-            # Sent at most once: no hedge, no retry once it started to go out (ctx.committed).
-            ctx.idempotent = False
-            body: _OnceBody
-            if isinstance(stream, httpx.SyncByteStream):
-                body = request.stream = OnceSyncStream(stream)
-            elif isinstance(stream, httpx.AsyncByteStream):
-                body = request.stream = OnceAsyncStream(stream)
-            else:  # pragma: no cover - httpx always gives one of the two
-                raise TypeError(f"unsupported request stream {stream!r}")
-            self.body = body
-
-    def prepare(self, ctx: CallContext, endpoint: Endpoint | None) -> httpx.Request:
-        """The request to send in this attempt (to ``endpoint`` when discovery routes it)."""
-        router = self.router
-        extensions = None
-        if ctx.deadline is not None:
-            extensions = router.attempt_extensions(ctx, self.request.extensions)
-        body = self.body
-        if body is not None:
-            if body.started:
-                raise httpx.StreamConsumed()
-            body.ctx = ctx
-        request = self.request
-        if endpoint is not None:
-            return endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header)
-        if extensions is not None:
-            # The caller's request is never changed: an attempt with its own timeouts gets a
-            # copy (a hedge or an abandoned attempt may still run when the call returns).
-            return endpoint_request(request, None, extensions, rewrite_host_header=False)
-        return request
-
-    def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
-        router = self.router
-        if response.status_code in router.failure_statuses:
-            router.pushback(ctx, response)
-        return response
-
-    def finish(self) -> None:
-        """Give the caller's request back as it was."""
-        if self.body is not None:
-            self.request.stream = self.stream
-
-
-def _checked(response: object) -> httpx.Response:
-    if not isinstance(response, httpx.Response):
-        raise TypeError(f"the pipeline returned {response!r}, not an httpx.Response (check the fallback)")
-    return response
-
-
 class ResilientTransport(httpx.BaseTransport):
     """A sync httpx transport running each request through a resilience pipeline.
 
@@ -192,9 +127,12 @@ class ResilientTransport(httpx.BaseTransport):
             request option (default none).
         routes: the rule table, first match wins (default none).
         classifier: how responses and errors count (default :class:`HttpxClassifier()`).
-        discovery: a discovery source; a request whose host is a service it knows goes to
-            one of the service's endpoints (default none).
-        balancer: picks the endpoint of each attempt (default round robin).
+        discovery: a discovery source, or its URI (``"etcd://host:2379/prefix"``,
+            ``"static://host:port,host:port"``: the transport then makes the source and closes
+            it with itself); a request whose host is a service it knows goes to one of the
+            service's endpoints (default none).
+        balancer: picks the endpoint of each attempt (default round robin); a retry or a
+            hedge goes to an endpoint the call has not tried, when there is one.
         endpoint_transport: makes the inner transport of an endpoint. By default each
             endpoint gets its own ``httpx.HTTPTransport()`` (its own connection pool, all of
             them sharing one TLS context), unless ``inner`` is given, which then serves every
@@ -208,7 +146,11 @@ class ResilientTransport(httpx.BaseTransport):
             service name (default ``False``).
         endpoint_health: builds the health gates of each discovered endpoint, e.g.
             ``lambda endpoint: CircuitBreaker(failure_threshold=5)`` for a breaker per
-            replica: a pick skips an endpoint whose gates reject (default: none).
+            replica: a pick skips an endpoint whose gates reject, and the attempt goes to
+            another one at once (default: none).
+        ejection: outlier ejection, an :class:`~resilience.OutlierEjection` or its
+            options; each service's endpoints get their own counts, and the events go to
+            the ejection's listeners and the pipeline's (default: the balancer's ``ejection``).
     """
 
     def __init__(
@@ -219,10 +161,11 @@ class ResilientTransport(httpx.BaseTransport):
         policies: Mapping[str, PolicySet] | None = None,
         routes: Sequence[Route] = (),
         classifier: HttpxClassifier | None = None,
-        discovery: Discovery | None = None,
+        discovery: Discovery | str | None = None,
         balancer: Balancer | None = None,
         endpoint_transport: Callable[[Endpoint], httpx.BaseTransport] | None = None,
         endpoint_health: HealthFactory | None = None,
+        ejection: Ejection | None = None,
         idempotent_methods: Collection[str] = IDEMPOTENT_METHODS,
         rewrite_host_header: bool = False,
     ) -> None:
@@ -238,10 +181,11 @@ class ResilientTransport(httpx.BaseTransport):
             idempotent_methods=idempotent_methods,
             rewrite_host_header=rewrite_host_header,
             endpoint_health=endpoint_health,
+            ejection=ejection,
         )
-        if discovery is not None and (endpoint_transport is not None or inner is None):
+        if self._router.discovery is not None and (endpoint_transport is not None or inner is None):
             self._router.make_resource = endpoint_transport or _default_sync_transport
-            self._router.close_resource = _close_sync
+            self._router.close_resource = close_sync
         self._inner = inner if inner is not None else httpx.HTTPTransport(verify=_ssl_context())
 
     @property
@@ -251,7 +195,7 @@ class ResilientTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         pipeline, ctx, discovered = self._router.begin(request)
-        exchange = _SyncExchange(self, request, ctx, discovered)
+        exchange = _SyncExchange(self, request, ctx, pipeline, discovered)
         try:
             response = pipeline.execute(exchange, ctx)
         except ResilienceError as exc:
@@ -260,7 +204,7 @@ class ResilientTransport(httpx.BaseTransport):
                 raise
         else:
             ctx.committed = True
-            return _checked(response)
+            return checked(response)
         finally:
             exchange.finish()
         raise error  # outside the except clause: the library error is not shown twice
@@ -269,6 +213,7 @@ class ResilientTransport(httpx.BaseTransport):
         for transport in self._router.shutdown():
             transport.close()
         self._inner.close()
+        self._router.close_discovery()
 
     def __enter__(self) -> ResilientTransport:
         """Enter the inner transport (its connection pool), as ``httpx.Client`` does on ``with``."""
@@ -286,13 +231,14 @@ class ResilientTransport(httpx.BaseTransport):
             for transport in self._router.shutdown():
                 transport.close()
         finally:
+            self._router.close_discovery()
             self._inner.__exit__(exc_type, exc_value, traceback)
 
     def __repr__(self) -> str:
         return f"ResilientTransport({self._inner!r}, pipeline={self._router.default.pipeline!r})"
 
 
-class _SyncExchange(_Exchange):
+class _SyncExchange(Exchange):
     __slots__ = ()
 
     transport: ResilientTransport
@@ -300,7 +246,7 @@ class _SyncExchange(_Exchange):
     def __call__(self, ctx: CallContext) -> httpx.Response:
         if self.discovered is None:
             return self.answered(ctx, self.transport._inner.handle_request(self.prepare(ctx, None)))
-        selection = self.router.pool(self.discovered).pick(ctx)
+        selection = pick(self.router.pool(self.discovered), ctx, self.picks)
         clock = ctx.clock
         start = clock.monotonic()
         try:
@@ -312,7 +258,7 @@ class _SyncExchange(_Exchange):
             _release_error(selection, ctx, exc, start)
             raise
         if resource is not None:
-            response.stream = _HeldSyncStream(response.stream, selection.hold())
+            response.stream = HeldSyncStream(response.stream, selection.hold())
         _release(selection, ctx, ctx.classifier.result(response), start)
         return self.answered(ctx, response)
 
@@ -344,10 +290,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         policies: Mapping[str, PolicySet] | None = None,
         routes: Sequence[Route] = (),
         classifier: HttpxClassifier | None = None,
-        discovery: Discovery | None = None,
+        discovery: Discovery | str | None = None,
         balancer: Balancer | None = None,
         endpoint_transport: Callable[[Endpoint], httpx.AsyncBaseTransport] | None = None,
         endpoint_health: HealthFactory | None = None,
+        ejection: Ejection | None = None,
         idempotent_methods: Collection[str] = IDEMPOTENT_METHODS,
         rewrite_host_header: bool = False,
     ) -> None:
@@ -363,12 +310,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             idempotent_methods=idempotent_methods,
             rewrite_host_header=rewrite_host_header,
             endpoint_health=endpoint_health,
+            ejection=ejection,
         )
         # Transports of endpoints that discovery dropped are closed in the event loop: the
         # pool may retire them from any thread, so they wait here for the next request.
         self._retired: list[httpx.AsyncBaseTransport] = []
         self._retired_lock = threading.Lock()
-        if discovery is not None and (endpoint_transport is not None or inner is None):
+        if self._router.discovery is not None and (endpoint_transport is not None or inner is None):
             self._router.make_resource = endpoint_transport or _default_async_transport
             self._router.close_resource = self._retire
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(verify=_ssl_context())
@@ -393,7 +341,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         if self._retired:
             await self._close_retired()
         pipeline, ctx, discovered = self._router.begin(request)
-        exchange = _AsyncExchange(self, request, ctx, discovered)
+        exchange = _AsyncExchange(self, request, ctx, pipeline, discovered)
         try:
             response = await pipeline.aexecute(exchange, ctx)
         except ResilienceError as exc:
@@ -402,7 +350,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 raise
         else:
             ctx.committed = True
-            return _checked(response)
+            return checked(response)
         finally:
             exchange.finish()
         raise error  # outside the except clause: the library error is not shown twice
@@ -412,6 +360,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await transport.aclose()
         await self._close_retired()
         await self._inner.aclose()
+        await self._router.aclose_discovery()
 
     async def __aenter__(self) -> AsyncResilientTransport:
         """Enter the inner transport (its connection pool), as ``httpx.AsyncClient`` does on ``async with``."""
@@ -430,13 +379,14 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 await transport.aclose()
             await self._close_retired()
         finally:
+            await self._router.aclose_discovery()
             await self._inner.__aexit__(exc_type, exc_value, traceback)
 
     def __repr__(self) -> str:
         return f"AsyncResilientTransport({self._inner!r}, pipeline={self._router.default.pipeline!r})"
 
 
-class _AsyncExchange(_Exchange):
+class _AsyncExchange(Exchange):
     __slots__ = ()
 
     transport: AsyncResilientTransport
@@ -447,10 +397,10 @@ class _AsyncExchange(_Exchange):
             try:
                 response = await inner.handle_async_request(self.prepare(ctx, None))
             except BaseException as exc:
-                await _after_error(ctx, inner, exc)
+                await after_error(ctx, inner, exc)
                 raise
             return self.answered(ctx, response)
-        selection = self.router.pool(self.discovered).pick(ctx)
+        selection = pick(self.router.pool(self.discovered), ctx, self.picks)
         clock = ctx.clock
         start = clock.monotonic()
         resource = selection.state.resource
@@ -459,140 +409,9 @@ class _AsyncExchange(_Exchange):
             response = await inner.handle_async_request(self.prepare(ctx, selection.endpoint))
         except BaseException as exc:
             _release_error(selection, ctx, exc, start)
-            await _after_error(ctx, inner, exc)
+            await after_error(ctx, inner, exc)
             raise
         if resource is not None:
-            response.stream = _HeldAsyncStream(response.stream, selection.hold())
+            response.stream = HeldAsyncStream(response.stream, selection.hold())
         _release(selection, ctx, ctx.classifier.result(response), start)
         return self.answered(ctx, response)
-
-
-_DEADLINE_SLACK = 1e-3  # a timer fires up to the loop's clock resolution early
-
-
-async def _after_error(ctx: CallContext, inner: object, exc: BaseException) -> None:
-    """What an async attempt that raised ``exc`` owes before the error goes on."""
-    if not isinstance(exc, Exception):  # cancelled
-        await _reclaim_orphans(inner)
-    elif isinstance(exc, httpx.TimeoutException):
-        deadline = ctx.deadline
-        if deadline is not None and ctx.clock.monotonic() + _DEADLINE_SLACK >= deadline:
-            # httpx's timeouts were cut to the call's deadline, so they fire with it: the
-            # policy that set the deadline (an async Timeout, cancelling at that moment) has
-            # the first word. Under load both can fall due in one scheduler pass, and yield
-            # once lets its cancellation, and so its DeadlineExceededError, come through.
-            await checkpoint()
-
-
-# -- connections left behind by a cancelled attempt ---------------------------------------
-
-
-def _unstarted(connection: object) -> bool:
-    """Whether a pooled connection was made for a request and never started serving it.
-
-    httpcore creates the connection of a queued request while that request waits, and
-    connects it in the request's task. Cancelled in between, or after connecting but
-    before the HTTP/1.1 exchange took its state lock, the request leaves the pool with
-    the connection still CONNECTING or NEW: neither idle, closed nor expired, so the pool
-    never reclaims it (encode/httpcore#1093).
-    """
-    if not isinstance(connection, httpcore.AsyncHTTPConnection):
-        return False
-    opened = getattr(connection, "_connection", None)
-    if opened is None:
-        return getattr(connection, "_connect_failed", True) is False
-    if isinstance(opened, httpcore.AsyncHTTP11Connection):
-        state = getattr(opened, "_state", None)
-        return getattr(state, "name", None) == "NEW"
-    return False
-
-
-async def _reclaim_orphans(transport: object) -> None:
-    """After a cancelled attempt, take the connections that belong to no request out of the
-    httpcore pool of ``transport`` (an ``httpx.AsyncHTTPTransport``), and give their slots
-    to the requests waiting. Anything else (another transport, another pool) is left alone.
-    """
-    pool = getattr(transport, "_pool", None)
-    if not isinstance(pool, httpcore.AsyncConnectionPool):
-        return
-    try:
-        with pool._optional_thread_lock:
-            owned = {id(r.connection) for r in pool._requests if r.connection is not None}
-            orphans = [c for c in pool._connections if id(c) not in owned and _unstarted(c)]
-            if not orphans:
-                return
-            for connection in orphans:
-                pool._connections.remove(connection)
-            closing = pool._assign_requests_to_connections()
-    except AttributeError:  # pragma: no cover - an httpcore whose pool is laid out otherwise
-        return
-    # Shielded inside: the task is being cancelled, and the sockets must close all the same.
-    await pool._close_connections([*orphans, *closing])
-
-
-# -- per-endpoint transports ---------------------------------------------------------------
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """The default TLS context, built once, when the first transport is constructed: loading
-    the CA bundle costs 50-185 ms, which must never happen on the request path. Every
-    default transport (inner and per endpoint) shares it."""
-    return httpx.create_ssl_context()
-
-
-def _default_sync_transport(endpoint: Endpoint) -> httpx.BaseTransport:
-    return httpx.HTTPTransport(verify=_ssl_context())
-
-
-def _default_async_transport(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
-    return httpx.AsyncHTTPTransport(verify=_ssl_context())
-
-
-def _close_sync(state: EndpointState[Any]) -> None:
-    if state.resource is not None:
-        state.resource.close()
-
-
-class _Hold(Protocol):
-    """What ``Selection.hold()`` returns: closed once the response body is."""
-
-    def close(self) -> None: ...
-
-
-class _HeldSyncStream(httpx.SyncByteStream):
-    """A response body that keeps its endpoint's transport open until it is closed."""
-
-    __slots__ = ("_hold", "_inner")
-
-    def __init__(self, inner: Any, hold: _Hold) -> None:
-        self._inner: httpx.SyncByteStream = inner
-        self._hold = hold
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._hold.close()
-
-
-class _HeldAsyncStream(httpx.AsyncByteStream):
-    """The async twin of :class:`_HeldSyncStream`."""
-
-    __slots__ = ("_hold", "_inner")
-
-    def __init__(self, inner: Any, hold: _Hold) -> None:
-        self._inner: httpx.AsyncByteStream = inner
-        self._hold = hold
-
-    def __aiter__(self) -> Any:
-        return self._inner.__aiter__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._hold.close()
