@@ -64,7 +64,7 @@ def hedges(pipeline: Pipeline | None) -> bool:
 
 def may_race(ctx: CallContext) -> bool:
     """Whether the call of ``ctx``, under a pipeline that hedges, may be hedged."""
-    return ctx.idempotent and ctx.hedgeable is not False and not ctx.committed
+    return ctx.idempotent and ctx.hedgeable is not False
 
 
 class CallPicks:

@@ -210,10 +210,12 @@ class ResilientTransport(httpx.BaseTransport):
         raise error  # outside the except clause: the library error is not shown twice
 
     def close(self) -> None:
-        for transport in self._router.shutdown():
-            transport.close()
-        self._inner.close()
-        self._router.close_discovery()
+        try:
+            for transport in self._router.shutdown():
+                transport.close()
+            self._inner.close()
+        finally:
+            self._router.close_discovery()
 
     def __enter__(self) -> ResilientTransport:
         """Enter the inner transport (its connection pool), as ``httpx.Client`` does on ``with``."""
@@ -356,11 +358,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         raise error  # outside the except clause: the library error is not shown twice
 
     async def aclose(self) -> None:
-        for transport in self._router.shutdown():
-            await transport.aclose()
-        await self._close_retired()
-        await self._inner.aclose()
-        await self._router.aclose_discovery()
+        try:
+            for transport in self._router.shutdown():
+                await transport.aclose()
+            await self._close_retired()
+            await self._inner.aclose()
+        finally:
+            await self._router.aclose_discovery()
 
     async def __aenter__(self) -> AsyncResilientTransport:
         """Enter the inner transport (its connection pool), as ``httpx.AsyncClient`` does on ``async with``."""
