@@ -41,6 +41,12 @@ class CallContext:
         clock: the clock of the pipeline that runs the call.
         classifier: what results and errors mean for this call.
         listeners: where policies send their events (empty: no event is built).
+        observed: the pipeline's listeners follow this call: its attempts emit
+            :class:`~resilience.events.AttemptStarted` and ``AttemptEnded``.
+        telemetry: what a tracing listener keeps for this call (the OpenTelemetry
+            listener: the call's span, and on each attempt's context that attempt's);
+            ``None`` otherwise. Adapters pass it on through :mod:`resilience.telemetry`
+            (trace context into each attempt's headers).
 
     **What rides on it, and why.** The fields above are the call's data: who is called,
     how (idempotent? committed?), by when, and where each attempt went. Three more things
@@ -74,6 +80,8 @@ class CallContext:
     clock: Clock = SYSTEM_CLOCK
     classifier: Classifier = DEFAULT_CLASSIFIER
     listeners: tuple[Listener, ...] = ()
+    observed: bool = False
+    telemetry: Any = None
     fn: Callable[..., Any] | None = None
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from . import _observe
 from ._async_exec import gates_async
 from ._sync_exec import gates_sync
 from .clock import SYSTEM_CLOCK, Clock
@@ -112,6 +113,9 @@ class Pipeline:
         self._context_type = CallContext.for_pipeline(service, method, clock, classifier, self.listeners)
         sync_chain: SyncNext = _invoke
         async_chain: AsyncNext = _invoke
+        follow = _observe.followers(self.listeners)  # call listeners: call and attempt events
+        if follow:
+            sync_chain, async_chain = _observe.attempt_steps(follow, _invoke)
         run: list[Policy] = []  # consecutive plain gates, innermost first
         for policy in reversed(policies):
             if _plain_gate(policy):
@@ -124,6 +128,8 @@ class Pipeline:
             async_chain = policy.wrap_async(async_chain)
         if run:
             sync_chain, async_chain = _gates(run, sync_chain, async_chain)
+        if follow:
+            sync_chain, async_chain = _observe.install(self, follow, sync_chain, async_chain)
         self._sync_chain = sync_chain
         self._async_chain = async_chain
 
