@@ -1,0 +1,63 @@
+"""Policies declared in a config file, checked whole, built in one call, reloaded live.
+
+A whole set-up::
+
+    from resilience import config
+
+    setup = config.load("resilience.yaml").setup()
+    client = setup.httpx_client()                       # httpx.Client with a resilient transport
+    channel = setup.grpc_channel("orders")              # a discovery-aware gRPC channel
+    watcher = setup.watch_file("resilience.yaml")       # hot reload: a new valid file swaps in
+
+:func:`load` reads YAML, TOML, JSON or a dict and raises :class:`ConfigError` listing every
+problem (``services.orders.retry.attempts: must be >= 1, got 0``); :class:`Setup` builds the
+pipelines, discovery, balancers and adapters and applies later configs in place, keeping
+the state of every policy whose settings did not change. The schema is in
+:mod:`resilience.config.schema`; ``resilience config schema`` prints it as JSON Schema.
+
+Needs the ``config`` extra (pydantic, PyYAML).
+"""
+
+from typing import Any
+
+from .errors import ConfigError, ConfigIssue
+from .load import Config, load, loads
+from .schema import ConfigSchema
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConfigSchema",
+    "EtcdWatcher",
+    "FileWatcher",
+    "ReloadResult",
+    "Setup",
+    "json_schema",
+    "load",
+    "loads",
+]
+
+_LAZY = {
+    "Setup": "setup",
+    "ReloadResult": "setup",
+    "FileWatcher": "reload",
+    "EtcdWatcher": "reload",
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (for editors: ``resilience config schema``)."""
+    schema = ConfigSchema.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "resilience config"
+    return schema
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resilience.config' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
