@@ -4,6 +4,10 @@
 backend, printing what each policy decides as it happens. It needs no network, no etcd
 and no Redis.
 
+``resilience config check FILE`` checks a config file: it prints every problem and exits 1,
+or prints what the config sets up; ``resilience config schema`` prints the JSON Schema of
+config files for editors.
+
 ``resilience register SERVICE ADDRESS`` keeps an instance registered in etcd until it gets
 SIGTERM or SIGINT (for processes not written in Python); ``resilience endpoints SERVICE``
 lists what a client would see. Both take ``--etcd URL`` (default ``$RESILIENCE_ETCD``, else
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from . import __version__
+from . import __version__, _cli_config
 from ._cli_etcd import DEFAULT_ETCD, endpoints, register
 from .errors import BulkheadFullError, CircuitOpenError, RateLimitedError, ResilienceError
 from .events import (
@@ -300,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_endpoints.add_argument("--etcd", metavar="URL", help=etcd_help)
     run_endpoints.add_argument("--probe", action="store_true", help="connect to each endpoint once (TCP)")
     run_endpoints.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default 1)")
+    _cli_config.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return _cli_config.run(args)
     if args.command == "register":
         return register(args)
     if args.command == "endpoints":

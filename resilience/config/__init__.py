@@ -18,6 +18,7 @@ the state of every policy whose settings did not change. The schema is in
 Needs the ``config`` extra (pydantic, PyYAML).
 """
 
+import re
 from typing import Any
 
 from .errors import ConfigError, ConfigIssue
@@ -46,9 +47,23 @@ _LAZY = {
 }
 
 
+def plain(text: str) -> str:
+    """Docstring text without its markup: ``:class:`~resilience.Retry``` as ``Retry``, double backquotes as single."""
+    text = re.sub(r":[a-z]+:`~?(?:[\w.]+\.)?([\w]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: plain(v) if k == "description" and isinstance(v, str) else _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a config file (for editors: ``resilience config schema``)."""
-    schema = ConfigSchema.model_json_schema()
+    schema: dict[str, Any] = _plain(ConfigSchema.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "resilience config"
     return schema
