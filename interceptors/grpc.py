@@ -129,6 +129,24 @@ def _attempt_details(details: Any, ctx: CallContext) -> _Details:
     )
 
 
+def traced_call(continuation: Callable[..., Any], details: Any, request: Any, ctx: CallContext, target: Any) -> Any:
+    """One attempt of a traced call (``ctx.telemetry`` set): the attempt's span described and
+    its trace context in the metadata, the call made with the contrib instrumentation suppressed."""
+    from resilience import telemetry
+
+    metadata = telemetry.grpc_attempt(ctx, getattr(details, "metadata", None), target)
+    this = _Details(
+        details.method,
+        getattr(details, "timeout", None),
+        metadata,
+        getattr(details, "credentials", None),
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+    with telemetry.suppressed(ctx):
+        return continuation(this, request)
+
+
 def record_pushback(ctx: CallContext, error: BaseException) -> None:
     """Put the server's ``grpc-retry-pushback-ms`` of a failed attempt into ``ctx.pushback``."""
     trailing = getattr(error, "trailing_metadata", None)
@@ -844,15 +862,24 @@ class ResilienceInterceptor(
     returning at once; streams judged at their end; bidi streams that the caller can
     write to before the first response.
 
+    **Tracing.** With an :class:`~resilience.telemetry.OpenTelemetryListener` in the
+    pipeline, each attempt carries its span's W3C trace context in its metadata and is
+    sent with the contrib grpc instrumentation suppressed (one CLIENT span per attempt).
+
     Args:
         policies: a :class:`GrpcPolicies` table, or a :class:`MethodPolicy` or
             :class:`~resilience.Pipeline` for every method (default: no policies).
+        target: the channel's target (``"host:port"``), recorded on attempt spans as
+            ``server.address`` and ``server.port`` (default: not recorded).
     """
 
-    __slots__ = ("policies",)
+    __slots__ = ("policies", "target")
 
-    def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None) -> None:
+    def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None, *, target: str | None = None) -> None:
+        if target is not None and (not isinstance(target, str) or not target):
+            raise ValueError(f"target must be a non-empty 'host:port' string or None, got {target!r}")
         self.policies = as_policies(policies)
+        self.target = target
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
         return self._intercept(continuation, client_call_details, request, False, False)
@@ -884,6 +911,7 @@ class ResilienceInterceptor(
             return continuation(details, request)
         ctx = resolved.context(details.timeout, streaming=response_streaming)
         first_deadline = ctx.deadline
+        target = self.target
         replays = resolved.replays  # something in the pipeline may send the call again
         replay: ReplayableRequests | None = None
         if request_streaming and replays:
@@ -902,7 +930,11 @@ class ResilienceInterceptor(
                 this = details  # the first attempt goes out as the caller sent it
             else:
                 this = _attempt_details(details, ctx)
-            call = continuation(this, replay.attempt() if replay is not None else request)
+            sent = replay.attempt() if replay is not None else request
+            if ctx.telemetry is None:
+                call = continuation(this, sent)
+            else:
+                call = traced_call(continuation, this, sent, ctx, target)
             if background is not None:
                 background.begin(call)
             if response_streaming:

@@ -91,6 +91,26 @@ def _attempt_details(details: Any, ctx: CallContext) -> grpc.aio.ClientCallDetai
     )
 
 
+async def traced_continuation(
+    continuation: Callable[..., Any], details: Any, request: Any, ctx: CallContext, target: str | None
+) -> Any:
+    """One attempt of a traced call (``ctx.telemetry`` set): the attempt's span described and
+    its trace context in the metadata, the call started with the contrib instrumentation
+    suppressed (interceptors after this one, and the call's own task, see the keys)."""
+    from resilience import telemetry
+
+    pairs = telemetry.grpc_attempt(ctx, tuple(details.metadata) if details.metadata else None, target)
+    this = grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*pairs) if pairs else details.metadata,
+        details.credentials,
+        details.wait_for_ready,
+    )
+    with telemetry.suppressed(ctx):
+        return await continuation(this, request)
+
+
 async def await_unary(call: Any, ctx: CallContext) -> Any:
     """The response of a unary-response call; a failed call raises (with its pushback recorded)."""
     try:
@@ -322,10 +342,11 @@ class AsyncReplayableRequests:
 class AioResilienceInterceptor:
     """Shared part of the four per-kind interceptors: the policy table and the call itself."""
 
-    __slots__ = ("policies",)
+    __slots__ = ("policies", "target")
 
-    def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None) -> None:
+    def __init__(self, policies: GrpcPolicies | MethodPolicy | Any = None, target: str | None = None) -> None:
         self.policies = as_policies(policies)
+        self.target = target
 
     async def _intercept(
         self,
@@ -342,6 +363,7 @@ class AioResilienceInterceptor:
             return await continuation(details, request)
         ctx = resolved.context(details.timeout, response_streaming)
         first_deadline = ctx.deadline
+        target = self.target
         stream_type = AioStreamStream if request_streaming else AioUnaryStream
         replay = None
         if request_streaming and resolved.replays:
@@ -352,7 +374,11 @@ class AioResilienceInterceptor:
                 this = details  # the first attempt goes out as the caller sent it
             else:
                 this = _attempt_details(details, ctx)
-            call = await continuation(this, replay.attempt() if replay is not None else request)
+            sent = replay.attempt() if replay is not None else request
+            if ctx.telemetry is None:
+                call = await continuation(this, sent)
+            else:
+                call = await traced_continuation(continuation, this, sent, ctx, target)
             if response_streaming:
                 return await read_first(call, ctx, stream_type)
             await await_unary(call, ctx)
@@ -415,21 +441,38 @@ class _StreamStream(AioResilienceInterceptor, _c.AioStreamStreamClientIntercepto
         return await self._intercept(continuation, client_call_details, request_iterator, True, True)
 
 
-def aio_interceptors(policies: GrpcPolicies | MethodPolicy | Any = None) -> list[grpc.aio.ClientInterceptor]:
+def aio_interceptors(
+    policies: GrpcPolicies | MethodPolicy | Any = None, *, target: str | None = None
+) -> list[grpc.aio.ClientInterceptor]:
     """The four ``grpc.aio`` client interceptors, sharing one policy table.
+
+    With an :class:`~resilience.telemetry.OpenTelemetryListener` in the pipeline, each
+    attempt carries its span's W3C trace context in its metadata, and interceptors after
+    these ones see the contrib instrumentation suppressed. ``GrpcAioInstrumentorClient``
+    puts its own interceptors *before* the ones given to the channel: its span then covers
+    the whole call, as the parent of ours (see :mod:`resilience.telemetry`).
 
     Args:
         policies: a :class:`~interceptors.grpc.GrpcPolicies` table, or a
             :class:`~interceptors.grpc.MethodPolicy` or :class:`~resilience.Pipeline`
             for every method (default: no policies).
+        target: the channel's target (``"host:port"``), recorded on attempt spans as
+            ``server.address`` and ``server.port`` (default: not recorded).
 
     Returns:
         The list to pass as ``interceptors=`` to ``grpc.aio.insecure_channel`` (or
         ``secure_channel``).
     """
+    if target is not None and (not isinstance(target, str) or not target):
+        raise ValueError(f"target must be a non-empty 'host:port' string or None, got {target!r}")
     table = as_policies(policies)
     # grpc-stubs type this list with a placeholder that asks for a cast.
     return cast(
         list[grpc.aio.ClientInterceptor],
-        [_UnaryUnary(table), _UnaryStream(table), _StreamUnary(table), _StreamStream(table)],
+        [
+            _UnaryUnary(table, target),
+            _UnaryStream(table, target),
+            _StreamUnary(table, target),
+            _StreamStream(table, target),
+        ],
     )
