@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from resilience.discovery._etcd_watch import WatchUpdate
 from resilience.discovery.etcd import EtcdDiscovery
@@ -38,13 +39,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, step: float
 
 
 async def await_until(predicate: Callable[[], bool], bound: float = WAIT, step: float = 0.02) -> bool:
+    """:func:`wait_until` for a task, on asyncio or trio."""
     end = time.monotonic() + bound
     while True:
         if predicate():
             return True
         if time.monotonic() > end:
             return False
-        await asyncio.sleep(step)
+        await anyio.sleep(step)
 
 
 def addresses(discovery: EtcdDiscovery, service: str) -> list[str]:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import trio
 
 from resilience.balancing import EndpointPool
 from resilience.discovery import discovery_from_uri
@@ -245,7 +246,7 @@ def _outage(server: EtcdServer, proxy: TcpProxy) -> None:
     server.start()
 
 
-@pytest.mark.parametrize("mode", ["thread", "asyncio"])
+@pytest.mark.parametrize("mode", ["thread", "asyncio", "trio"])
 def test_kill_and_restart_mid_watch_every_put_seen_once(own_etcd: EtcdServer, mode: str) -> None:
     prefix = unique_prefix("kill")
     proxy = TcpProxy(own_etcd.port)
@@ -272,6 +273,13 @@ def test_kill_and_restart_mid_watch_every_put_seen_once(own_etcd: EtcdServer, mo
         if mode == "thread":
             with EtcdDiscovery(url, backoff=Constant(0.05), on_update=updates) as discovery:
                 scenario(discovery)
+        elif mode == "trio":
+
+            async def on_trio() -> None:
+                async with EtcdDiscovery.open(url, backoff=Constant(0.05), on_update=updates) as discovery:
+                    await trio.to_thread.run_sync(scenario, discovery)
+
+            trio.run(on_trio)
         else:
 
             async def main() -> None:

@@ -187,6 +187,18 @@ async def main():
 asyncio.run(main())
 """
 
+_TRIO_START = """
+import trio
+async def main():
+    async with registrator:
+        print("ready", flush=True)
+        await trio.sleep(60)
+        print("never signalled", flush=True)
+trio.run(main)
+"""
+
+_STARTS = {"Registrator": _SYNC_START, "AsyncRegistrator": _ASYNC_START, "AsyncRegistrator-trio": _TRIO_START}
+
 _PREVIOUS = """
 def previous(signum, frame):
     print("previous handler ran", flush=True)
@@ -195,16 +207,16 @@ signal.signal(signal.SIGTERM, previous)
 """
 
 
-@pytest.mark.parametrize("cls", ["Registrator", "AsyncRegistrator"])
+@pytest.mark.parametrize("cls", list(_STARTS))
 @pytest.mark.parametrize("chained", [True, False], ids=["previous-handler", "default-handler"])
 def test_sigterm_deregisters_then_does_what_the_previous_handler_did(
     etcd: EtcdServer, client: EtcdClient, prefix: str, cls: str, chained: bool
 ) -> None:
     script = _SCRIPT.format(
-        cls=cls,
+        cls=cls.removesuffix("-trio"),
         previous=_PREVIOUS if chained else "",
         url=f"etcd://127.0.0.1:{etcd.port}{prefix}",
-        start=_SYNC_START if cls == "Registrator" else _ASYNC_START,
+        start=_STARTS[cls],
     )
     with subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

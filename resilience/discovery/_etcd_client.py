@@ -1,4 +1,4 @@
-"""A small etcd v3 client over the JSON gateway (httpx), sync and async.
+"""A small etcd v3 client over the JSON gateway (httpx), sync and async (asyncio, trio).
 
 :class:`EtcdClient` and :class:`AsyncEtcdClient` run the decision generators of
 :mod:`._etcd_core` and only send the requests they yield; a watch is an open stream
@@ -103,7 +103,7 @@ class WatchStream:
 
 
 class AsyncWatchStream:
-    """:class:`WatchStream` for asyncio: ``async for`` its results; cancel the reading task to stop."""
+    """:class:`WatchStream` for asyncio and trio: ``async for`` its results; cancel the reading task to stop."""
 
     def __init__(self, response: httpx.Response, url: str) -> None:
         self._response = response
@@ -120,12 +120,50 @@ class AsyncWatchStream:
                 return _line(line, self.url)
 
     async def aclose(self) -> None:
+        """Close the response, then run its line iterator to its end.
+
+        The lines come through a chain of httpx's async generators, and closing the
+        outermost one leaves the others unfinished: trio finalizes those later with a
+        ResourceWarning each. Read after the close, the chain ends with an error that
+        finishes every generator in it (a few lines already buffered may come first).
+        """
+        await self._response.aclose()
+        for _ in range(_DRAIN):
+            try:
+                await self._lines.__anext__()
+            except Exception:  # StopAsyncIteration, or the closed stream's error
+                return
         close = getattr(self._lines, "aclose", None)
-        try:
-            if close is not None:
-                await close()
-        finally:
-            await self._response.aclose()
+        if close is not None:
+            await close()
+
+
+_DRAIN = 1000  # lines read at most after a close; a closed connection gives none past its buffer
+
+
+class _Body(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """A request body as one chunk, iterated without a generator.
+
+    httpx iterates a body through an async generator that the transport leaves unfinished
+    when the connection fails before the body is sent, and trio warns when it collects it.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._sent = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter((self._data,))
+
+    def __aiter__(self) -> _Body:
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._data
 
 
 def _line(line: str, url: str) -> dict[str, Any]:
@@ -223,7 +261,7 @@ class EtcdClient(_Ops):
 
 
 class AsyncEtcdClient(_Ops):
-    """:class:`EtcdClient` for asyncio: the same operations, awaited."""
+    """:class:`EtcdClient` for asyncio and trio: the same operations, awaited."""
 
     def __init__(self, config: EtcdConfig | str, **options: Any) -> None:
         super().__init__(config, **options)
@@ -243,13 +281,11 @@ class AsyncEtcdClient(_Ops):
 
     async def _send(self, post: _Post) -> httpx.Response:
         url = post.base + post.path
-        if not post.stream:
-            return await self._http.post(url, json=post.body, headers=post.headers)
-        request = self._http.build_request(
-            "POST", url, json=post.body, headers=post.headers, timeout=self._timeout(post.read)
-        )
-        response = await self._http.send(request, stream=True)
-        if response.status_code != 200:
+        timeout = self._timeout(post.read) if post.stream else httpx.USE_CLIENT_DEFAULT
+        request = self._http.build_request("POST", url, json=post.body, headers=post.headers, timeout=timeout)
+        request.stream = _Body(request.content)
+        response = await self._http.send(request, stream=post.stream)
+        if post.stream and response.status_code != 200:
             await response.aread()
             await response.aclose()
         return response

@@ -2,7 +2,7 @@
 
 :class:`Cursor` decides (pure, no I/O): where the watch stands, what each line of the
 watch stream means, where to start again. The two loops, :func:`run_watch` for a thread
-and :func:`arun_watch` for an asyncio task, only do the I/O and the waiting.
+and :func:`arun_watch` for an asyncio or trio task, only do the I/O and the waiting.
 
 **No event missed, none twice.** The cursor keeps ``applied``, the highest revision
 whose events were delivered, and ``progress``, the highest revision etcd's progress
@@ -16,7 +16,6 @@ them unless asked to fragment), so the per-response comparison is exact.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -26,9 +25,11 @@ from typing import Any
 
 import httpx
 
+from .. import _aio
 from ..policies.backoff import Backoff
 from ._etcd_client import AsyncEtcdClient, AsyncWatchStream, EtcdClient, KeyValue, WatchStream, kv_from, revision_of
 from ._etcd_config import EtcdError, prefix_range
+from ._etcd_task import cleanup
 
 __all__ = ["Cursor", "WatchEvent", "WatchUpdate", "arun_watch", "run_watch"]
 
@@ -233,7 +234,7 @@ def run_watch(client: EtcdClient, cursor: Cursor, sink: Sink, stop: threading.Ev
 
 
 async def arun_watch(client: AsyncEtcdClient, cursor: Cursor, sink: Sink, control: WatchControl) -> None:
-    """:func:`run_watch` as an asyncio task: cancel the task to stop it."""
+    """:func:`run_watch` as an asyncio or trio task: cancel the task to stop it."""
     where = client.config.where
     while True:
         line: Line | None = None
@@ -255,7 +256,8 @@ async def arun_watch(client: AsyncEtcdClient, cursor: Cursor, sink: Sink, contro
                 else:
                     line = Line(stop="the watch stream ended")
             finally:
-                await stream.aclose()
+                with cleanup(client.config.timeout):
+                    await stream.aclose()
             assert line is not None
             if line.reauth:
                 client.invalidate_token(token)
@@ -267,4 +269,4 @@ async def arun_watch(client: AsyncEtcdClient, cursor: Cursor, sink: Sink, contro
             problem = f"{type(exc).__name__}: {exc}"
         delay = control.next_delay(line)
         _warn(where, problem, delay, control.failures)
-        await asyncio.sleep(delay)
+        await _aio.sleep(delay)

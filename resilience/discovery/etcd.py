@@ -28,15 +28,16 @@ not a valid endpoint, is skipped with a warning naming the key (logger
 ``resilience.discovery.etcd``); a key that held a good value keeps it until it changes
 to a good one or is deleted.
 
-**Sync and asyncio.** ``EtcdDiscovery(url)`` watches from a daemon thread, which serves
-sync and async code alike; ``await EtcdDiscovery.connect(url)`` watches from an asyncio
-task of the running loop instead. ``close()`` / ``aclose()`` stop the thread or the task
-and close the connections; nothing is left running.
+**Sync, asyncio and trio.** ``EtcdDiscovery(url)`` watches from a daemon thread, which
+serves sync and async code alike. ``async with EtcdDiscovery.open(url) as discovery:``
+watches from a task instead, on asyncio or trio, for the length of the block; ``await
+EtcdDiscovery.connect(url)`` starts such a task in the running asyncio loop, or under trio
+in the ``nursery=`` given. ``close()`` / ``aclose()`` stop the thread or the task and close
+the connections; nothing is left running.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -47,6 +48,7 @@ from typing import Any
 from ..policies.backoff import Backoff, ExponentialJitter
 from ._etcd_client import AsyncEtcdClient, EtcdClient, KeyValue
 from ._etcd_config import EtcdAuthError, EtcdConfig, EtcdError, EtcdUnavailableError, parse_etcd_uri
+from ._etcd_task import Background, Nursery, Opening, cleanup, library_for
 from ._etcd_watch import Cursor, WatchControl, WatchEvent, WatchUpdate, arun_watch, run_watch
 from .base import BaseDiscovery
 from .endpoint import Endpoint
@@ -120,10 +122,9 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
     client: EtcdClient | None = None
     """The client of the watch thread (``None`` for a discovery made by :meth:`connect`)."""
     aclient: AsyncEtcdClient | None = None
-    """The client of the watch task (made by :meth:`connect`)."""
+    """The client of the watch task (made by :meth:`connect` or :meth:`open`)."""
     _thread: threading.Thread | None = None
-    _task: asyncio.Task[None] | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
+    _task: Background | None = None
 
     def __init__(
         self,
@@ -157,6 +158,7 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
         cls,
         url: str | EtcdConfig,
         *,
+        nursery: Nursery | None = None,
         fallback: Fallback | None = None,
         backoff: Backoff | None = None,
         rng: Random | None = None,
@@ -164,25 +166,56 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
         on_update: Callable[[WatchUpdate], None] | None = None,
         **options: Any,
     ) -> EtcdDiscovery:
-        """An :class:`EtcdDiscovery` that watches from an asyncio task of the running loop.
+        """An :class:`EtcdDiscovery` that watches from a task: of the running asyncio loop, or of ``nursery``.
 
-        Same arguments and errors as the constructor; close it with :meth:`aclose`.
+        ``nursery`` (trio only, and required there) is a trio nursery that outlives the
+        discovery. Same other arguments and errors as the constructor; close it with
+        :meth:`aclose`. :meth:`open` does both in one ``async with``.
+
+        Raises:
+            RuntimeError: under trio without a nursery.
+            TypeError: a nursery under asyncio, or one that is not a nursery.
         """
+        hint = "use 'async with EtcdDiscovery.open(url)', or pass nursery= to connect()"
+        library_for(nursery, hint)
         self = cls.__new__(cls)
         BaseDiscovery.__init__(self)
         self._setup(url, fallback, backoff, rng, idle_timeout, on_update, options)
         client = self.aclient = AsyncEtcdClient(self.config)
         try:
             self._started(*(await client.range_prefix(self.config.prefix)))
-        except EtcdError as exc:
+        except BaseException as exc:
             try:
+                if not isinstance(exc, EtcdError):
+                    raise
                 self._start_failed(exc)
             except BaseException:
-                await client.aclose()
+                with cleanup(self.config.timeout):
+                    await client.aclose()
                 raise
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._arun(client), name=f"etcd-watch {self.config.where}")
+        self._task = Background.start(self._arun, client, name=f"etcd-watch {self.config.where}", nursery=nursery)
         return self
+
+    @classmethod
+    def open(
+        cls,
+        url: str | EtcdConfig,
+        *,
+        fallback: Fallback | None = None,
+        backoff: Backoff | None = None,
+        rng: Random | None = None,
+        idle_timeout: float | None = None,
+        on_update: Callable[[WatchUpdate], None] | None = None,
+        **options: Any,
+    ) -> Opening[EtcdDiscovery]:
+        """``async with EtcdDiscovery.open(url) as discovery:`` watches for the block, on asyncio or trio.
+
+        The watch task runs in the running asyncio loop, or under trio in a nursery of
+        the block's own; leaving the block closes the discovery and ends the task. An
+        exception of the block comes out as raised. Same arguments and errors as the constructor.
+        """
+        kwargs = {"fallback": fallback, "backoff": backoff, "rng": rng, "idle_timeout": idle_timeout, **options}
+        return Opening(lambda nursery: cls.connect(url, nursery=nursery, on_update=on_update, **kwargs))
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> EtcdDiscovery:
@@ -319,19 +352,20 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
         try:
             await arun_watch(client, self._cursor, self._apply, self._control)
         finally:
-            await client.aclose()
+            with cleanup(self.config.timeout):
+                await client.aclose()
 
     @property
     def running(self) -> bool:
         """Whether the watch thread or task is still alive."""
         thread, task = self._thread, self._task
-        return bool((thread is not None and thread.is_alive()) or (task is not None and not task.done()))
+        return bool((thread is not None and thread.is_alive()) or (task is not None and not task.done))
 
     def close(self) -> None:
         """Stop the watch and close its connections; ``endpoints()`` keeps the last snapshot.
 
         A discovery made by :meth:`connect` should be closed with :meth:`aclose`: ``close()``
-        cancels its task, which ends at the loop's next turn.
+        cancels its task, which ends at the library's next turn.
         """
         self._stop.set()
         stream = self._control.stream
@@ -342,24 +376,18 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
             thread.join(self.config.timeout + self.config.connect_timeout + 1.0)
             if thread.is_alive():
                 _log.warning("etcd watch thread of %s did not stop in time", self.config.where)
-        task, loop = self._task, self._loop
-        if task is not None and loop is not None and not task.done():
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                task.cancel()
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(task.cancel)
+        if self._task is not None:
+            self._task.cancel()
         super().close()
 
     async def aclose(self) -> None:
         """Stop the watch, wait for its thread or task to end, and close its connections."""
         self.close()
-        task = self._task
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait({task})
+        if self._task is not None:
+            await self._task.wait()
+        if self.aclient is not None:  # an asyncio task cancelled before its first step did not run its finally
+            with cleanup(self.config.timeout):
+                await self.aclient.aclose()
 
     def __repr__(self) -> str:
         return f"EtcdDiscovery({self.config.where!r}, services={self.services()})"

@@ -11,23 +11,29 @@ than ``ttl / 3``. When etcd answers again, the lease is renewed if it survived; 
 gone (it lapsed during the outage, or etcd lost its data), the instance is registered
 again under a new lease. Starting while no member answers raises
 :class:`~resilience.discovery.etcd.EtcdUnavailableError` naming the members.
+
+:class:`Registrator` renews from a daemon thread; :class:`AsyncRegistrator` from a task,
+on asyncio or trio (``async with AsyncRegistrator(...)`` opens the nursery trio needs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from random import Random
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
+from .. import _aio
 from ..policies.backoff import Backoff
 from ._etcd_client import AsyncEtcdClient, EtcdClient
 from ._etcd_config import EtcdError
 from ._etcd_lease import Handler, Target, _chain, _Registration
+from ._etcd_task import Background, Nest, Nursery, cleanup, library_for
 
 __all__ = ["AsyncRegistrator", "Registrator"]
 
@@ -188,10 +194,13 @@ class Registrator:
 
 
 class AsyncRegistrator:
-    """:class:`Registrator` for asyncio: ``async with AsyncRegistrator(url, "orders", "10.0.0.7:50051"):``.
+    """:class:`Registrator` for asyncio and trio: ``async with AsyncRegistrator(url, "orders", "10.0.0.7:50051"):``.
 
-    The lease is renewed by a task of the running loop; ``handle_signals`` uses
-    ``loop.add_signal_handler``. Same arguments as :class:`Registrator`.
+    The lease is renewed by a task: of the running asyncio loop, or under trio of a
+    nursery (the ``async with`` block's own, or the one given to :meth:`start`).
+    ``handle_signals`` uses ``loop.add_signal_handler`` under asyncio and a signal
+    receiver task under trio, where the previous handler runs in that task. Same
+    arguments as :class:`Registrator`.
     """
 
     def __init__(
@@ -226,9 +235,12 @@ class AsyncRegistrator:
         self.key = self._reg.key
         self._handle_signals = handle_signals
         self._client: AsyncEtcdClient | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._signals: dict[int, Handler] = {}
+        self._task: Background | None = None
+        self._signals: dict[int, Handler] = {}  # asyncio: the handlers replaced
         self._pending: set[asyncio.Task[None]] = set()
+        self._receiver: contextlib.AbstractContextManager[AsyncIterator[int]] | None = None  # trio
+        self._signal_task: Background | None = None  # trio
+        self._nest: Nest | None = None
 
     @property
     def lease(self) -> int:
@@ -250,28 +262,52 @@ class AsyncRegistrator:
         await client.put(self.key, self._reg.value, lease=lease)
         self._reg.registered(lease)
 
-    async def start(self) -> AsyncRegistrator:
-        """Register now and keep the lease alive from a task; errors as :meth:`Registrator.start`."""
+    async def start(self, *, nursery: Nursery | None = None) -> AsyncRegistrator:
+        """Register now and keep the lease alive from a task; errors as :meth:`Registrator.start`.
+
+        ``nursery`` (trio only, and required there) is a trio nursery that outlives the
+        registration; ``async with`` the registrator opens one of its own.
+
+        Raises:
+            RuntimeError: also under trio without a nursery.
+            TypeError: a nursery under asyncio, or one that is not a nursery.
+        """
+        hint = "use 'async with AsyncRegistrator(...)', or pass nursery= to start()"
+        library = library_for(nursery, hint)
         if self._client is not None:
             raise RuntimeError(f"the registrator of {self.key} is started already")
+        if self._handle_signals and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("handle_signals needs the main thread (Python runs signal handlers there)")
         client = self._client = AsyncEtcdClient(self._reg.config)
         try:
             await self._register(client)
-        except EtcdError as exc:
-            await client.aclose()
+        except BaseException as exc:
+            with cleanup(self._reg.config.timeout):
+                await client.aclose()
             self._client = None
-            raise self._reg.unavailable(exc) from exc
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(client), name=f"etcd-lease {self.key}")
+            if isinstance(exc, EtcdError):
+                raise self._reg.unavailable(exc) from exc
+            raise
+        self._task = Background.start(self._run, client, name=f"etcd-lease {self.key}", nursery=nursery)
         if self._handle_signals:
-            self._signals[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
-            loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+            previous = signal.getsignal(signal.SIGTERM)
+            if library == "asyncio":
+                self._signals[signal.SIGTERM] = previous
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+            else:
+                import trio
+
+                self._receiver = trio.open_signal_receiver(signal.SIGTERM)  # in place before start() returns
+                signals = self._receiver.__enter__()
+                self._signal_task = Background.start(
+                    self._on_trio_signal, signals, previous, name=f"etcd-signals {self.key}", nursery=nursery
+                )
         return self
 
     async def _run(self, client: AsyncEtcdClient) -> None:
         reg = self._reg
         while True:
-            await asyncio.sleep(reg.next_delay())
+            await _aio.sleep(reg.next_delay())
             try:
                 if reg.lease == 0 or not reg.renewed(await client.lease_keepalive(reg.lease)):
                     await self._register(client)
@@ -289,35 +325,61 @@ class AsyncRegistrator:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def aclose(self) -> None:
-        """Stop renewing and deregister (revoke the lease). Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+    async def _on_trio_signal(self, signals: AsyncIterator[int], previous: Handler) -> None:
+        async for signum in signals:
+            await self.aclose()  # which puts the previous handler back
+            _chain(signum, previous, None)
+            return
+
+    def _restore_signals(self) -> None:
         if self._signals:
             loop = asyncio.get_running_loop()
             for signum, previous in self._signals.items():
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
             self._signals.clear()
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.__exit__(None, None, None)  # a signal received but not taken goes to the previous handler
+
+    async def aclose(self) -> None:
+        """Stop renewing and deregister (revoke the lease), also when cancelled. Idempotent."""
+        for background in (self._task, self._signal_task):
+            if background is not None and not background.current:
+                background.cancel()
+                await background.wait()
+        self._task = self._signal_task = None
+        self._restore_signals()
         client, self._client = self._client, None
         lease, self._reg.lease = self._reg.lease, 0
         if client is not None:
-            try:
-                if lease:
-                    await client.lease_revoke(lease)
-                    _log.info("deregistered %s", self.key)
-            except EtcdError as exc:
-                self._reg.revoke_failed(exc)
-            finally:
-                await client.aclose()
+            with cleanup(self._reg.config.timeout + self._reg.config.connect_timeout):
+                try:
+                    if lease:
+                        await client.lease_revoke(lease)
+                        _log.info("deregistered %s", self.key)
+                except EtcdError as exc:
+                    self._reg.revoke_failed(exc)
+                finally:
+                    await client.aclose()
 
     async def __aenter__(self) -> AsyncRegistrator:
-        return await self.start()
+        nest = Nest()
+        nursery = await nest.enter()
+        try:
+            await self.start(nursery=nursery)
+        except BaseException as exc:
+            await nest.exit(exc)
+            raise
+        self._nest = nest
+        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         await self.aclose()
+        nest, self._nest = self._nest, None
+        return await nest.exit(exc) if nest is not None else False
 
     def __repr__(self) -> str:
         return f"AsyncRegistrator({self._reg!r})"
