@@ -370,12 +370,25 @@ class Exchange:
                 raise httpx.StreamConsumed()
             body.ctx = ctx
         request = self.request
+        if ctx.telemetry is not None:
+            return self._traced(ctx, endpoint, extensions)
         if endpoint is not None:
             return endpoint_request(request, endpoint, extensions, rewrite_host_header=router.rewrite_host_header)
         if extensions is not None:
             # The caller's request is never changed: an attempt with its own timeouts gets a
             # copy (a hedge or an abandoned attempt may still run when the call returns).
             return endpoint_request(request, None, extensions, rewrite_host_header=False)
+        return request
+
+    def _traced(self, ctx: CallContext, endpoint: Endpoint | None, extensions: dict[str, Any] | None) -> httpx.Request:
+        """A traced attempt's request: a copy with headers of its own, carrying the attempt
+        span's trace context (the caller's request and the other attempts' stay as they are)."""
+        from resilience.telemetry import http_attempt
+
+        rewrite = self.router.rewrite_host_header
+        request = endpoint_request(self.request, endpoint, extensions, rewrite_host_header=rewrite)
+        request.headers = request.headers.copy()
+        http_attempt(ctx, request.method, str(request.url), request.headers)
         return request
 
     def answered(self, ctx: CallContext, response: httpx.Response) -> httpx.Response:
@@ -404,6 +417,28 @@ def _raw_path(url: httpx.URL) -> str:
     if isinstance(path, str):
         return path or "/"
     return url.path  # pragma: no cover - other httpx versions
+
+
+def send_traced(
+    ctx: CallContext, send: Callable[[httpx.Request], httpx.Response], request: httpx.Request
+) -> httpx.Response:
+    """``send(request)`` for a traced attempt: with httpx's contrib instrumentation suppressed
+    (the attempt's span is ours)."""
+    from resilience.telemetry import suppressed
+
+    with suppressed(ctx, http=True):
+        return send(request)
+
+
+async def asend_traced(
+    ctx: CallContext, send: Callable[[httpx.Request], Any], request: httpx.Request
+) -> httpx.Response:
+    """The async twin of :func:`send_traced`."""
+    from resilience.telemetry import suppressed
+
+    with suppressed(ctx, http=True):
+        response: httpx.Response = await send(request)
+        return response
 
 
 def endpoint_request(

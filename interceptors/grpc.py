@@ -147,6 +147,46 @@ def traced_call(continuation: Callable[..., Any], details: Any, request: Any, ct
         return continuation(this, request)
 
 
+class TracedCallable:
+    """A sub-channel's multicallable for one traced attempt: the call is made with the contrib
+    grpc instrumentation suppressed (what the discovery channels send through)."""
+
+    __slots__ = ("_ctx", "_inner")
+
+    def __init__(self, inner: Any, ctx: CallContext) -> None:
+        self._inner = inner
+        self._ctx = ctx
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from resilience.telemetry import suppressed
+
+        with suppressed(self._ctx):
+            return self._inner(*args, **kwargs)
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        from resilience.telemetry import suppressed
+
+        with suppressed(self._ctx):
+            return self._inner.with_call(*args, **kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        from resilience.telemetry import suppressed
+
+        with suppressed(self._ctx):
+            return self._inner.future(*args, **kwargs)
+
+
+def traced_attempt(inner: Any, ctx: CallContext, metadata: Any, address: str, aio: bool = False) -> tuple[Any, Any]:
+    """For a traced attempt of a discovery channel (``ctx.telemetry`` set) to ``address``: the
+    multicallable to send through and the metadata with the attempt span's trace context."""
+    from resilience import telemetry
+
+    pairs = telemetry.grpc_attempt(ctx, tuple(metadata) if metadata else None, address)
+    if aio and pairs:
+        pairs = grpc.aio.Metadata(*pairs)
+    return TracedCallable(inner, ctx), pairs
+
+
 def record_pushback(ctx: CallContext, error: BaseException) -> None:
     """Put the server's ``grpc-retry-pushback-ms`` of a failed attempt into ``ctx.pushback``."""
     trailing = getattr(error, "trailing_metadata", None)

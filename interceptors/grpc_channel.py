@@ -68,6 +68,7 @@ from .grpc import (
     future_outcome,
     read_first,
     record_pushback,
+    traced_attempt,
 )
 
 __all__ = ["AioResilientChannel", "ResilientChannel", "aio_resilient_channel", "resilient_channel"]
@@ -140,10 +141,13 @@ class _SyncCallable(_Callable):
             start = ctx.clock.monotonic()
             try:
                 inner = self._on(selection.state)
+                sent_metadata = attempt_metadata(metadata, ctx)
+                if ctx.telemetry is not None:  # traced: the span's context sent, the contrib instrumentation quiet
+                    inner, sent_metadata = traced_attempt(inner, ctx, sent_metadata, selection.address)
                 args = (
                     replay.attempt() if replay is not None else request,
                     attempt_timeout(ctx),
-                    attempt_metadata(metadata, ctx),
+                    sent_metadata,
                     credentials,
                     wait_for_ready,
                     compression,

@@ -42,7 +42,7 @@ from ._grpc_common import (
 )
 from ._grpc_errors import rpc_error
 from ._wiring import Ejection, pick
-from .grpc import attempt_timeout
+from .grpc import attempt_timeout, traced_attempt
 from .grpc_aio import AioStream, AioStreamStream, AioUnaryStream, AsyncReplayableRequests, aio_metadata, await_unary
 from .grpc_aio import read_first as aread_first
 
@@ -448,10 +448,13 @@ class _AioCallable(_Callable):
             start = ctx.clock.monotonic()
             try:
                 inner = self._on(selection.state)
+                sent_metadata = aio_metadata(metadata, ctx)
+                if ctx.telemetry is not None:  # traced: the span's context sent, the contrib instrumentation quiet
+                    inner, sent_metadata = traced_attempt(inner, ctx, sent_metadata, selection.address, aio=True)
                 call = inner(
                     replay.attempt() if replay is not None else request,
                     timeout=attempt_timeout(ctx),
-                    metadata=aio_metadata(metadata, ctx),
+                    metadata=sent_metadata,
                     credentials=credentials,
                     wait_for_ready=wait_for_ready,
                     compression=compression,

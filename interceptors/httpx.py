@@ -88,8 +88,10 @@ from ._httpx_core import (
     ResilienceExtension,
     Route,
     Router,
+    asend_traced,
     checked,
     parse_retry_after,
+    send_traced,
 )
 from ._httpx_endpoints import HeldAsyncStream, HeldSyncStream, after_error, close_sync
 from ._httpx_endpoints import default_async_transport as _default_async_transport
@@ -247,7 +249,9 @@ class _SyncExchange(Exchange):
 
     def __call__(self, ctx: CallContext) -> httpx.Response:
         if self.discovered is None:
-            return self.answered(ctx, self.transport._inner.handle_request(self.prepare(ctx, None)))
+            request = self.prepare(ctx, None)
+            send = self.transport._inner.handle_request
+            return self.answered(ctx, send(request) if ctx.telemetry is None else send_traced(ctx, send, request))
         selection = pick(self.router.pool(self.discovered), ctx, self.picks)
         clock = ctx.clock
         start = clock.monotonic()
@@ -255,7 +259,10 @@ class _SyncExchange(Exchange):
             request = self.prepare(ctx, selection.endpoint)
             resource = selection.state.resource
             inner = resource if resource is not None else self.transport._inner
-            response = inner.handle_request(request)
+            if ctx.telemetry is None:
+                response = inner.handle_request(request)
+            else:
+                response = send_traced(ctx, inner.handle_request, request)
         except BaseException as exc:
             _release_error(selection, ctx, exc, start)
             raise
@@ -399,7 +406,11 @@ class _AsyncExchange(Exchange):
         if self.discovered is None:
             inner = self.transport._inner
             try:
-                response = await inner.handle_async_request(self.prepare(ctx, None))
+                request = self.prepare(ctx, None)
+                if ctx.telemetry is None:
+                    response = await inner.handle_async_request(request)
+                else:
+                    response = await asend_traced(ctx, inner.handle_async_request, request)
             except BaseException as exc:
                 await after_error(ctx, inner, exc)
                 raise
@@ -410,7 +421,11 @@ class _AsyncExchange(Exchange):
         resource = selection.state.resource
         inner = resource if resource is not None else self.transport._inner
         try:
-            response = await inner.handle_async_request(self.prepare(ctx, selection.endpoint))
+            request = self.prepare(ctx, selection.endpoint)
+            if ctx.telemetry is None:
+                response = await inner.handle_async_request(request)
+            else:
+                response = await asend_traced(ctx, inner.handle_async_request, request)
         except BaseException as exc:
             _release_error(selection, ctx, exc, start)
             await after_error(ctx, inner, exc)

@@ -33,7 +33,7 @@ class Recorder:
         return [s for s in self.spans() if s.kind is SpanKind.INTERNAL and s.instrumentation_scope.name == "resilience"]
 
     def attempts(self) -> list[ReadableSpan]:
-        found = [s for s in self.spans() if s.kind is SpanKind.CLIENT]
+        found = [s for s in self.spans() if s.kind is SpanKind.CLIENT and s.instrumentation_scope.name == "resilience"]
         return sorted(found, key=lambda s: (s.attributes["resilience.attempt"], s.attributes["resilience.hedge"]))  # type: ignore[index]
 
     def call(self) -> ReadableSpan:
@@ -67,6 +67,17 @@ def _metrics(data: Any) -> Iterator[Any]:
     for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
             yield from scope.metrics
+
+
+def foreign(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    """The spans another instrumentation made."""
+    return [s for s in spans if s.instrumentation_scope.name != "resilience"]
+
+
+def traceparent(span: ReadableSpan) -> str:
+    """The W3C ``traceparent`` a sampled span propagates."""
+    context = span.context
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 def events(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
