@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -18,6 +19,8 @@ from .permit import Gate, GateMixin
 from .policy import AsyncNext, Policy, SyncNext
 
 __all__ = ["Pipeline"]
+
+_log = logging.getLogger("resilience")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -133,6 +136,40 @@ class Pipeline:
         self._sync_chain = sync_chain
         self._async_chain = async_chain
 
+    def replace(self, other: Pipeline) -> None:
+        """Take ``other``'s policies, chain, clock, listeners, classifier, service and method, in place.
+
+        What a hot reload uses when a pipeline's structure changes (a policy added, removed
+        or moved): adapters that hold this pipeline see the new chain at once. A call reads
+        the chain once, when it starts, so calls in flight finish under the policies they
+        started with; the policy objects are ``other``'s, shared with it (their state too).
+        A function decorated before the swap runs the new chain, with the clock and the
+        listeners of its decoration. Listeners with a ``watch`` method are told of this
+        pipeline again.
+
+        Raises:
+            TypeError: ``other`` is not a :class:`Pipeline`.
+        """
+        if not isinstance(other, Pipeline):
+            raise TypeError(f"replace needs a Pipeline, got {other!r}")
+        self.clock = other.clock
+        self.listeners = other.listeners
+        self.classifier = other.classifier
+        self.service = other.service
+        self.method = other.method
+        self._context_type = other._context_type
+        # The chains one at a time: each is read once per call.
+        self._sync_chain = other._sync_chain
+        self._async_chain = other._async_chain
+        self.policies = other.policies
+        for listener in self.listeners:
+            watch = getattr(listener, "watch", None)
+            if callable(watch):
+                try:
+                    watch(self)
+                except Exception:
+                    _log.exception("resilience listener %r failed to watch %r", listener, self)
+
     def context(
         self,
         *,
@@ -207,8 +244,8 @@ class Pipeline:
             (self._context_type,),
             {"__module__": CallContext.__module__, "__qualname__": CallContext.__qualname__, "fn": staticmethod(fn)},
         )
+        pipeline = self  # the chain is read at each call: a replace() reaches decorated functions
         if inspect.iscoroutinefunction(fn):
-            async_chain = self._async_chain
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -216,11 +253,9 @@ class Pipeline:
                 ctx.args = args
                 if kwargs:
                     ctx.kwargs = kwargs
-                return await async_chain(ctx)
+                return await pipeline._async_chain(ctx)
 
             return async_wrapper
-
-        sync_chain = self._sync_chain
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -228,7 +263,7 @@ class Pipeline:
             ctx.args = args
             if kwargs:
                 ctx.kwargs = kwargs
-            return sync_chain(ctx)
+            return pipeline._sync_chain(ctx)
 
         return wrapper
 

@@ -19,11 +19,15 @@ Needs the ``config`` extra (pydantic, PyYAML).
 """
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ConfigIssue
 from .load import Config, load, loads
 from .schema import ConfigSchema
+
+if TYPE_CHECKING:
+    from .reload import EtcdWatcher, FileWatcher
+    from .setup import ReloadResult, Setup
 
 __all__ = [
     "Config",
