@@ -298,32 +298,46 @@ def test_kill_and_restart_mid_watch_every_put_seen_once(own_etcd: EtcdServer, mo
     assert etcd_threads() == []
 
 
-def test_a_compaction_during_the_outage_is_healed_by_a_new_listing(own_etcd: EtcdServer) -> None:
+@pytest.mark.parametrize("mode", ["thread", "trio"])
+def test_a_compaction_during_the_outage_is_healed_by_a_new_listing(own_etcd: EtcdServer, mode: str) -> None:
     prefix = unique_prefix("compact")
     proxy = TcpProxy(own_etcd.port)
     updates = Updates()
     got: list[list[str]] = []
+    want = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+
+    def scenario(discovery: EtcdDiscovery) -> None:
+        discovery.subscribe("orders", lambda eps: got.append([e.address for e in eps]))
+        _outage(own_etcd, proxy)
+        with EtcdClient(f"etcd://127.0.0.1:{own_etcd.port}") as again:
+            again.delete(f"{prefix}/orders/0")
+            again.put(f"{prefix}/orders/1", value("10.0.0.1:80", weight=2))
+            last = 0
+            for i in range(2, 5):
+                last = again.put(f"{prefix}/orders/{i}", value(f"10.0.0.{i}:80"))
+            again.compact(last)
+        proxy.unblock()
+        assert wait_until(lambda: addresses(discovery, "orders") == want)
+        assert discovery.endpoints("orders")[0].weight == 2
+        assert updates.resyncs() == 2  # the first listing, and the one after the compaction
+        assert discovery.revision >= last
+
     try:
         with EtcdClient(f"etcd://127.0.0.1:{own_etcd.port}") as direct:
             direct.put(f"{prefix}/orders/0", value("10.0.0.100:80"))
             direct.put(f"{prefix}/orders/1", value("10.0.0.1:80"))
         url = f"etcd://127.0.0.1:{proxy.port}{prefix}"
-        with EtcdDiscovery(url, backoff=Constant(0.05), on_update=updates) as discovery:
-            discovery.subscribe("orders", lambda eps: got.append([e.address for e in eps]))
-            _outage(own_etcd, proxy)
-            with EtcdClient(f"etcd://127.0.0.1:{own_etcd.port}") as again:
-                again.delete(f"{prefix}/orders/0")
-                again.put(f"{prefix}/orders/1", value("10.0.0.1:80", weight=2))
-                last = 0
-                for i in range(2, 5):
-                    last = again.put(f"{prefix}/orders/{i}", value(f"10.0.0.{i}:80"))
-                again.compact(last)
-            proxy.unblock()
-            want = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
-            assert wait_until(lambda: addresses(discovery, "orders") == want)
-            assert discovery.endpoints("orders")[0].weight == 2
-            assert updates.resyncs() == 2  # the first listing, and the one after the compaction
-            assert discovery.revision >= last
+        if mode == "thread":
+            with EtcdDiscovery(url, backoff=Constant(0.05), on_update=updates) as discovery:
+                scenario(discovery)
+        else:
+
+            async def on_trio() -> None:
+                # The watch's stream is left on etcd's cancel line, not at its end.
+                async with EtcdDiscovery.open(url, backoff=Constant(0.05), on_update=updates) as discovery:
+                    await trio.to_thread.run_sync(scenario, discovery)
+
+            trio.run(on_trio)
     finally:
         proxy.close()
     assert got[0] == ["10.0.0.100:80", "10.0.0.1:80"]

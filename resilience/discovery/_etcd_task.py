@@ -5,7 +5,8 @@ nursery: the caller's (``nursery=``), or the one a :class:`Nest` opens for an
 ``async with`` block. Either way the owner gets a :class:`Background` handle to cancel it
 (from any thread) and wait for its end. :func:`cleanup` lets the awaits of a ``finally``
 run to their end in a cancelled trio task, for a bounded time (trio cancels every await
-of a cancelled task, where asyncio cancels only the one that was waiting).
+of a cancelled task, where asyncio cancels only the one that was waiting); closing an
+httpx client needs none, httpcore shields its own closing.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class _TrioBackground(Background):
             return
         import trio
 
-        with trio.CancelScope(shield=True):  # it was cancelled, and its own cleanup is bounded
+        with trio.CancelScope(shield=True):  # it was cancelled and ends at once; wait for that though we are too
             await self._ended.wait()
 
 
@@ -185,9 +186,9 @@ class Nest:
     """The nursery of an ``async with`` block under trio; nothing under asyncio.
 
     :meth:`enter` opens it (``None`` under asyncio); :meth:`exit`, once the owner has
-    stopped its tasks, closes it so that the block's own exception comes out as it was
-    raised, not wrapped in an exception group. A single exception of a task (a chained
-    signal handler's ``SystemExit``) comes out unwrapped too.
+    stopped its tasks, closes it. A single exception comes out as it was raised, not
+    wrapped in an exception group: the block's own, or a task's (the ``SystemExit`` of a
+    chained signal handler).
     """
 
     def __init__(self) -> None:
@@ -207,26 +208,17 @@ class Nest:
         manager, self._manager = self._manager, None
         if manager is None:
             return False
-        import trio
-
-        # A cancellation goes to the nursery, whose scope may be the one it belongs to;
-        # any other exception of the block is the block's to raise.
-        cancelled = isinstance(exc, trio.Cancelled) or (
-            isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None
-        )
-        passed = exc if cancelled else None
         try:
-            absorbed = await manager.__aexit__(type(passed) if passed else None, passed, None)
+            return bool(await manager.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None))
         except BaseExceptionGroup as group:
             only = group.exceptions[0] if len(group.exceptions) == 1 else None
             if only is None or isinstance(only, BaseExceptionGroup):
                 raise
             context = only.__context__
             try:
-                raise only
+                raise only  # the group adds nothing to its single exception
             finally:
                 only.__context__ = context
-        return bool(absorbed) and passed is not None
 
 
 class Opening(Generic[C]):

@@ -29,7 +29,6 @@ from .. import _aio
 from ..policies.backoff import Backoff
 from ._etcd_client import AsyncEtcdClient, AsyncWatchStream, EtcdClient, KeyValue, WatchStream, kv_from, revision_of
 from ._etcd_config import EtcdError, prefix_range
-from ._etcd_task import cleanup
 
 __all__ = ["Cursor", "WatchEvent", "WatchUpdate", "arun_watch", "run_watch"]
 
@@ -256,8 +255,7 @@ async def arun_watch(client: AsyncEtcdClient, cursor: Cursor, sink: Sink, contro
                 else:
                     line = Line(stop="the watch stream ended")
             finally:
-                with cleanup(client.config.timeout):
-                    await stream.aclose()
+                await stream.aclose()
             assert line is not None
             if line.reauth:
                 client.invalidate_token(token)

@@ -48,7 +48,7 @@ from typing import Any
 from ..policies.backoff import Backoff, ExponentialJitter
 from ._etcd_client import AsyncEtcdClient, EtcdClient, KeyValue
 from ._etcd_config import EtcdAuthError, EtcdConfig, EtcdError, EtcdUnavailableError, parse_etcd_uri
-from ._etcd_task import Background, Nursery, Opening, cleanup, library_for
+from ._etcd_task import Background, Nursery, Opening, library_for
 from ._etcd_watch import Cursor, WatchControl, WatchEvent, WatchUpdate, arun_watch, run_watch
 from .base import BaseDiscovery
 from .endpoint import Endpoint
@@ -190,8 +190,7 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
                     raise
                 self._start_failed(exc)
             except BaseException:
-                with cleanup(self.config.timeout):
-                    await client.aclose()
+                await client.aclose()  # httpcore shields its closing from a cancellation
                 raise
         self._task = Background.start(self._arun, client, name=f"etcd-watch {self.config.where}", nursery=nursery)
         return self
@@ -352,8 +351,7 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
         try:
             await arun_watch(client, self._cursor, self._apply, self._control)
         finally:
-            with cleanup(self.config.timeout):
-                await client.aclose()
+            await client.aclose()
 
     @property
     def running(self) -> bool:
@@ -386,8 +384,7 @@ class EtcdDiscovery(BaseDiscovery, scheme=("etcd", "etcds")):
         if self._task is not None:
             await self._task.wait()
         if self.aclient is not None:  # an asyncio task cancelled before its first step did not run its finally
-            with cleanup(self.config.timeout):
-                await self.aclient.aclose()
+            await self.aclient.aclose()
 
     def __repr__(self) -> str:
         return f"EtcdDiscovery({self.config.where!r}, services={self.services()})"

@@ -282,8 +282,7 @@ class AsyncRegistrator:
         try:
             await self._register(client)
         except BaseException as exc:
-            with cleanup(self._reg.config.timeout):
-                await client.aclose()
+            await client.aclose()
             self._client = None
             if isinstance(exc, EtcdError):
                 raise self._reg.unavailable(exc) from exc
@@ -353,6 +352,7 @@ class AsyncRegistrator:
         client, self._client = self._client, None
         lease, self._reg.lease = self._reg.lease, 0
         if client is not None:
+            # Under trio every await of a cancelled task is cancelled: the revoke must still go out.
             with cleanup(self._reg.config.timeout + self._reg.config.connect_timeout):
                 try:
                     if lease:
