@@ -86,7 +86,7 @@ RUN_CAP = 120.0  # seconds any one run may take before it is cut
 
 
 class ReplicaProcess:
-    """One ``_chaos_server.py`` process and its command pipe."""
+    """One ``_chaos_server.py`` process and its command pipe (:meth:`ready` waits for its ports)."""
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
@@ -96,11 +96,14 @@ class ReplicaProcess:
             text=True,
             start_new_session=True,  # Ctrl-C reaches the benchmark alone, which then stops us
         )
+        self.ports: dict[str, int] = {}
+
+    def ready(self) -> None:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"replica process {self.process.pid} did not start")
-        self.ports: dict[str, int] = json.loads(line)
+        self.ports = json.loads(line)
 
     def command(self, **command: Any) -> Any:
         assert self.process.stdin is not None
@@ -132,6 +135,8 @@ def replicas() -> Iterator[tuple[list[ReplicaProcess], int]]:
         dead.bind(("127.0.0.1", 0))
         for _ in range(3):
             started.append(ReplicaProcess())
+        for process in started:  # started together, they import grpc side by side
+            process.ready()
         yield started, dead.getsockname()[1]
     finally:
         for process in started:
@@ -253,7 +258,7 @@ async def run(
     try:
         await _drive(client, None, args.warmup, args.concurrency, None)
         sent_before = client.attempts
-        await asyncio.sleep(SETTLE)
+        await asyncio.sleep(args.settle)
         now = time.monotonic()
         for i, role in enumerate(roles):
             if role != "refused":
@@ -497,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, (normal, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else normal)
+    args.settle = 0.05 if quick else SETTLE
     for name, low in (("requests", 1), ("concurrency", 1), ("rounds", 1), ("warmup", 0)):
         if getattr(args, name) < low:
             raise SystemExit(f"--{name} must be >= {low}, got {getattr(args, name)}")
