@@ -113,8 +113,11 @@ def our_policies() -> tuple[PeakEwma, Pipeline]:
 
 
 def describe_ours() -> str:
+    """The ``resilience`` stack's configuration, one object a line."""
     balancer, pipeline = our_policies()
-    return f"balancer {balancer!r}\npipeline {pipeline!r}"
+    lines = [repr(balancer), f"  ejection: {balancer.ejection!r}", "Pipeline("]
+    lines += [f"  {policy!r}," for policy in pipeline.policies]
+    return "\n".join([*lines, ")"])
 
 
 # -- gRPC ---------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# grpc's core logs each GOAWAY of a closing connection at INFO: keep the tables readable.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -241,7 +243,12 @@ async def _drive(client: Any, result: Result | None, requests: int, concurrency:
                 result.latencies.append(time.perf_counter() - began)
                 result.failures += not ok
 
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), RUN_CAP)
+    async def workers() -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+
+    await asyncio.wait_for(workers(), RUN_CAP)
 
 
 async def run(
@@ -520,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print("fleets (replicas 1 / 2 / 3): " + "; ".join(f"{f}: {' / '.join(FLEETS[f])}" for f in args.fleets))
     print(f"slow: {SLOW_SHARE:.0%} of calls wait {SLOW_DELAY * 1000:.0f} ms; errors: {ERROR_SHARE:.0%} of calls fail")
-    print("resilience stack: " + describe_ours().replace("\n", "\n                  "))
+    print("resilience stack:\n  " + describe_ours().replace("\n", "\n  "))
     print(flush=True)
     try:
         results = asyncio.run(_main(args))
