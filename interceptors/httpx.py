@@ -71,7 +71,7 @@ from typing import Any
 import httpx
 
 from resilience.balancing.base import Balancer
-from resilience.balancing.pool import EndpointState, HealthFactory, Selection
+from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory, Selection
 from resilience.context import CallContext
 from resilience.discovery.base import Discovery, Endpoint
 from resilience.errors import ResilienceError
@@ -194,6 +194,11 @@ class ResilientTransport(httpx.BaseTransport):
     def classifier(self) -> HttpxClassifier:
         """The classifier given to every call."""
         return self._router.classifier
+
+    def pools(self) -> list[EndpointPool[Any]]:
+        """The endpoint pools of the services discovery balanced so far (one per service), for
+        telemetry's gauges (``OpenTelemetryListener.watch``)."""
+        return list(self._router._pools.values())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         pipeline, ctx, discovered = self._router.begin(request)
@@ -345,6 +350,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     def classifier(self) -> HttpxClassifier:
         """The classifier given to every call."""
         return self._router.classifier
+
+    def pools(self) -> list[EndpointPool[Any]]:
+        """The endpoint pools of the services discovery balanced so far (one per service), for
+        telemetry's gauges (``OpenTelemetryListener.watch``)."""
+        return list(self._router._pools.values())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._retired:

@@ -191,6 +191,9 @@ def test_discovery_channel(rec: Recorder, contrib: None, servers: tuple[Running,
     discovery = StaticDiscovery({"echo": [a.address, b.address]})
     with resilient_channel("echo", discovery, FirstUntried(), policy(rec)) as channel:
         assert callables(channel)[UNARY](b"hi", timeout=5) == b"hi"
+        rec.listener.watch(channel)
+        endpoints = {a["resilience.endpoint.state"]: n for a, n in rec.points("resilience.endpoints")}
+        assert endpoints == {"healthy": 2, "ejected": 0}
     check(rec, a.service.of(UNARY) + b.service.of(UNARY), [a.port, b.port, a.port])
 
 

@@ -132,8 +132,12 @@ def test_sync_transport_with_discovery(rec: Recorder, contrib: None, pair: tuple
     script(a, b)
     discovery = StaticDiscovery({"echo": [a.address, b.address]})
     transport = ResilientTransport(pipeline=pipeline(rec), discovery=discovery, balancer=FirstUntried())
+    rec.listener.watch(transport)  # its pools, for the endpoint gauge
+    assert rec.points("resilience.endpoints") == []  # none made before the first request
     with httpx.Client(transport=transport) as client:
         assert client.get("http://echo/items?token=t0ken-secret&page=2").status_code == 200
+        endpoints = {a["resilience.endpoint.state"]: n for a, n in rec.points("resilience.endpoints")}
+        assert endpoints == {"healthy": 2, "ejected": 0}
     check(rec, a.requests + b.requests, [a.port, b.port, a.port], "echo")
     call = rec.call()
     assert call.attributes is not None and call.attributes["resilience.service"] == "echo"

@@ -170,8 +170,9 @@ class OpenTelemetryListener(CallListener):
 
     def watch(self, obj: object) -> None:
         """Read ``obj``'s state in the gauges: a Pipeline (done for each pipeline built with
-        this listener), a CircuitBreaker, ConcurrencyLimit or RetryBudget, or an EndpointPool
-        (an adapter's pool: its endpoints and balancer scores)."""
+        this listener), a CircuitBreaker, ConcurrencyLimit or RetryBudget, or the endpoints
+        and balancer scores of an EndpointPool, a discovery channel or an httpx transport
+        with discovery (weakly held: a closed adapter drops out)."""
         if isinstance(obj, Pipeline):
             self.watched.add(obj, obj.clock)
         else:

@@ -59,7 +59,7 @@ def metric_method(method: str) -> str:
 class Watched:
     """The stateful objects whose state the gauges read (strong references, by identity)."""
 
-    __slots__ = ("_lock", "breakers", "budgets", "limits", "pools")
+    __slots__ = ("_lock", "breakers", "budgets", "limits", "pools", "sources")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,12 +67,21 @@ class Watched:
         self.budgets: dict[int, tuple[str, RetryBudget, Clock]] = {}
         self.limits: dict[int, ConcurrencyLimit] = {}
         self.pools: weakref.WeakSet[EndpointPool[Any]] = weakref.WeakSet()
+        self.sources: weakref.WeakSet[Any] = weakref.WeakSet()  # adapters whose pools() grow
+
+    def all_pools(self) -> list[EndpointPool[Any]]:
+        """The pools watched, and those of the watched adapters now."""
+        found = list(self.pools)
+        for source in list(self.sources):
+            found.extend(p for p in source.pools() if p not in found)
+        return found
 
     def count(self) -> int:
         return len(self.breakers) + len(self.budgets) + len(self.limits)
 
     def add(self, obj: object, clock: Clock = SYSTEM_CLOCK, name: str | None = None) -> None:
-        """Watch ``obj``: a Pipeline (its breakers, budgets and limits), one of those, or an EndpointPool."""
+        """Watch ``obj``: a Pipeline (its breakers, budgets and limits), one of those, an
+        EndpointPool, a discovery channel (its ``pool``) or an httpx transport (its ``pools()``)."""
         with self._lock:
             self._add(obj, clock, name)
 
@@ -88,6 +97,13 @@ class Watched:
         if isinstance(obj, EndpointPool):
             self.pools.add(obj)
             return
+        pool = getattr(obj, "pool", None)
+        if isinstance(pool, EndpointPool):  # a discovery channel
+            self.pools.add(pool)
+            return
+        if callable(getattr(obj, "pools", None)):  # an httpx transport: a pool per service, made as it goes
+            self.sources.add(obj)
+            return
         if self.count() >= _MAX_WATCHED:
             return
         if isinstance(obj, CircuitBreaker):
@@ -98,8 +114,8 @@ class Watched:
             self.budgets.setdefault(id(obj), (name or "retrybudget", obj, clock))
         else:
             raise TypeError(
-                "watch takes a Pipeline, a CircuitBreaker, a ConcurrencyLimit, a RetryBudget or an "
-                f"EndpointPool, got {obj!r}"
+                "watch takes a Pipeline, a CircuitBreaker, a ConcurrencyLimit, a RetryBudget, an "
+                f"EndpointPool or an adapter with discovery (a channel, a transport), got {obj!r}"
             )
 
     def discard(self, obj: object) -> None:
@@ -113,6 +129,11 @@ class Watched:
                     table.pop(id(o), None)
                 if isinstance(o, EndpointPool):
                     self.pools.discard(o)
+                pool = getattr(o, "pool", None)
+                if isinstance(pool, EndpointPool):
+                    self.pools.discard(pool)
+                if o in self.sources:
+                    self.sources.discard(o)
 
     # -- what the gauges read -------------------------------------------------------------
 
@@ -132,7 +153,7 @@ class Watched:
             yield Observation(limit.limit, {"resilience.policy": limit.name})
 
     def endpoints(self, options: CallbackOptions) -> Iterable[Observation]:
-        for pool in list(self.pools):
+        for pool in self.all_pools():
             states = pool.states
             ejected = sum(1 for s in states if s.ejected)
             service = pool.service
@@ -140,7 +161,7 @@ class Watched:
             yield Observation(ejected, {_SERVICE: service, _STATE: "ejected"})
 
     def scores(self, options: CallbackOptions) -> Iterable[Observation]:
-        for pool in list(self.pools):
+        for pool in self.all_pools():
             cost = getattr(pool.balancer, "cost", None)
             if not callable(cost):
                 continue
