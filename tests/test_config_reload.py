@@ -171,7 +171,8 @@ def test_a_config_whose_building_fails_changes_nothing(setup: Setup, caplog: pyt
         result = setup.apply(load(bad))
     assert not result.applied and result.error is not None
     assert _snapshot(setup) == before and policy(setup, Retry).options.attempts == 3
-    assert "refused, keeping generation 1" in caplog.text
+    assert "refused: 1 problem" in caplog.text and "keeping generation 1" in caplog.text
+    assert isinstance(result.error, ConfigError) and result.error.issues[0].path == "(building)"
 
 
 # -- hypothesis: invalid configs, however they are invalid, are never partly applied ------------------------

@@ -30,7 +30,7 @@ from ..pipeline import Pipeline
 from ..policy import Policy
 from ._backends import BuiltBalancer, ConfigDiscovery, SourceKey, close_sources, commit_backends, plan_backends
 from .build import BuiltSet, close_policies, plan_sets
-from .errors import ConfigError
+from .errors import ConfigError, ConfigIssue
 from .load import Config, load, loads
 from .schema_adapters import TelemetrySection
 
@@ -49,7 +49,8 @@ class ReloadResult:
         applied: whether it is now in force.
         generation: the generation in force afterwards (1 for the first config, +1 per applied one).
         changes: what it changed (``policies.default.retry: reconfigured``...), when applied.
-        error: why it was refused (a :class:`ConfigError`, or what building raised), else ``None``.
+        error: why it was refused, else ``None``: a :class:`ConfigError` (what building raised is
+            reported as its ``(building)`` issue, with the secrets masked).
         source: where it came from.
     """
 
@@ -129,13 +130,13 @@ class Setup:
             try:
                 changes = self._apply(config)
             except Exception as exc:
-                _log.warning(
-                    "config %s refused, keeping generation %d: %s",
-                    config.source or "(dict)",
-                    self.generation,
-                    config.redact(f"{type(exc).__name__}: {exc}"),
+                # What building raised may hold a secret (a URI with its password): only a
+                # redacted account of it goes further.
+                error = ConfigError(
+                    [ConfigIssue("(building)", config.redact(f"{type(exc).__name__}: {exc}"))], config.source
                 )
-                return ReloadResult(False, self.generation, error=exc, source=config.source)
+                _log.warning("%s; keeping generation %d", error, self.generation)
+                return ReloadResult(False, self.generation, error=error, source=config.source)
             self.generation += 1
             self._config = config
             if self.generation > 1:
