@@ -7,11 +7,14 @@ sync and async alike, which send their events to the call listeners only:
 - around the whole chain, the **call step**: it asks the call listeners that can say so
   whether they want this call (``active()``), marks the context ``observed``, and emits
   :class:`~resilience.events.CallStarted` and :class:`~resilience.events.CallEnded`;
-- innermost, around the user's function, the **attempt step**: on an observed call it
-  emits :class:`~resilience.events.AttemptStarted` and
-  :class:`~resilience.events.AttemptEnded` for every send (each retry, each hedge on
-  its fork). A result that is a :class:`~resilience.outcome.Pending` (a stream) ends, for
-  both steps, when the stream ends.
+- innermost, around the user's function, the **attempt step**, which emits
+  :class:`~resilience.events.AttemptStarted` and :class:`~resilience.events.AttemptEnded`
+  for every send (each retry, each hedge on its fork). A result that is a
+  :class:`~resilience.outcome.Pending` (a stream) ends, for both steps, when the stream ends.
+
+The policies are wrapped twice, once around the attempt step and once around the bare
+function: a call the listeners follow runs the first chain, any other the second, so that
+an inactive listener costs a call one step and one ``active()``, not a step per attempt.
 
 Listeners are called on the thread (or in the task) of the attempt, before it is sent and
 after it ended; what they raise is logged and dropped (:func:`~resilience.events.emit`).
@@ -20,7 +23,7 @@ after it ended; what they raise is logged and dropped (:func:`~resilience.events
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context import CallContext
@@ -102,12 +105,12 @@ def _activity(to: Followers) -> Callable[[], bool] | None:
     return lambda: any(check() for check in checks)
 
 
-def _call_sync(to: Followers, policies: tuple[str, ...], next: SyncNext) -> SyncNext:
+def _call_sync(to: Followers, policies: tuple[str, ...], plain: SyncNext, next: SyncNext) -> SyncNext:
     active = _activity(to)
 
     def observed_call_sync(ctx: CallContext) -> Any:
         if active is not None and not active():
-            return next(ctx)
+            return plain(ctx)
         ctx.observed = True
         start = ctx.clock.monotonic()
         emit(to, CallStarted(_SOURCE, ctx, policies))
@@ -122,12 +125,16 @@ def _call_sync(to: Followers, policies: tuple[str, ...], next: SyncNext) -> Sync
     return observed_call_sync
 
 
-def _call_async(to: Followers, policies: tuple[str, ...], next: AsyncNext) -> AsyncNext:
+def _call_async(to: Followers, policies: tuple[str, ...], plain: AsyncNext, next: AsyncNext) -> AsyncNext:
     active = _activity(to)
 
-    async def observed_call_async(ctx: CallContext) -> Any:
+    def observed_call_async(ctx: CallContext) -> Awaitable[Any]:
+        # A plain function: a call nobody follows gets the plain chain's own awaitable.
         if active is not None and not active():
-            return await next(ctx)
+            return plain(ctx)
+        return observed(ctx)
+
+    async def observed(ctx: CallContext) -> Any:
         ctx.observed = True
         start = ctx.clock.monotonic()
         emit(to, CallStarted(_SOURCE, ctx, policies))
@@ -181,9 +188,10 @@ def _attempt_sync(to: Followers, next: SyncNext) -> SyncNext:
 
 
 def _attempt_async(to: Followers, next: AsyncNext) -> AsyncNext:
-    async def observed_attempt_async(ctx: CallContext) -> Any:
-        if not ctx.observed:
-            return await next(ctx)
+    def observed_attempt_async(ctx: CallContext) -> Awaitable[Any]:
+        return observed(ctx) if ctx.observed else next(ctx)  # unobserved: the function's own awaitable
+
+    async def observed(ctx: CallContext) -> Any:
         attempt, hedge = ctx.attempt, ctx.hedge
         emit(to, AttemptStarted(_SOURCE, ctx, attempt, hedge, _endpoint_before(ctx)))
         start = ctx.clock.monotonic()
@@ -207,9 +215,11 @@ def attempt_steps(to: Followers, invoke: Callable[[CallContext], Any]) -> tuple[
 
 
 def install(
-    pipeline: Pipeline, to: Followers, sync_chain: SyncNext, async_chain: AsyncNext
+    pipeline: Pipeline, to: Followers, plain: tuple[SyncNext, AsyncNext], observed: tuple[SyncNext, AsyncNext]
 ) -> tuple[SyncNext, AsyncNext]:
-    """The pipeline's chains with the call step around them, for the call listeners ``to``.
+    """The pipeline's entry steps for the call listeners ``to``: a call they follow runs the
+    ``observed`` chains (built around :func:`attempt_steps`) with call events, any other the
+    ``plain`` ones, as if there were no call listener.
 
     Every listener of the pipeline that has a ``watch`` method is told of it first.
     """
@@ -221,4 +231,4 @@ def install(
             except Exception:
                 _log.exception("resilience listener %r failed to watch %r", listener, pipeline)
     policies = tuple(p.name for p in pipeline.policies)
-    return _call_sync(to, policies, sync_chain), _call_async(to, policies, async_chain)
+    return _call_sync(to, policies, plain[0], observed[0]), _call_async(to, policies, plain[1], observed[1])

@@ -41,6 +41,23 @@ def _gates(run: list[Policy], sync_next: SyncNext, async_next: AsyncNext) -> tup
     return gates_sync(gates, sync_next), gates_async(gates, async_next)
 
 
+def _chain(policies: tuple[Policy, ...], sync_chain: SyncNext, async_chain: AsyncNext) -> tuple[SyncNext, AsyncNext]:
+    """The steps of ``policies`` (the first outermost) around the innermost ones given."""
+    run: list[Policy] = []  # consecutive plain gates, innermost first
+    for policy in reversed(policies):
+        if _plain_gate(policy):
+            run.append(policy)
+            continue
+        if run:
+            sync_chain, async_chain = _gates(run, sync_chain, async_chain)
+            run = []
+        sync_chain = policy.wrap(sync_chain)
+        async_chain = policy.wrap_async(async_chain)
+    if run:
+        sync_chain, async_chain = _gates(run, sync_chain, async_chain)
+    return sync_chain, async_chain
+
+
 def _invoke(ctx: CallContext) -> Any:
     args = ctx.args
     if args is None:
@@ -114,25 +131,13 @@ class Pipeline:
         self.service = service
         self.method = method
         self._context_type = CallContext.for_pipeline(service, method, clock, classifier, self.listeners)
-        sync_chain: SyncNext = _invoke
-        async_chain: AsyncNext = _invoke
+        sync_chain, async_chain = _chain(policies, _invoke, _invoke)
         follow = _observe.followers(self.listeners)  # call listeners: call and attempt events
         if follow:
-            sync_chain, async_chain = _observe.attempt_steps(follow, _invoke)
-        run: list[Policy] = []  # consecutive plain gates, innermost first
-        for policy in reversed(policies):
-            if _plain_gate(policy):
-                run.append(policy)
-                continue
-            if run:
-                sync_chain, async_chain = _gates(run, sync_chain, async_chain)
-                run = []
-            sync_chain = policy.wrap(sync_chain)
-            async_chain = policy.wrap_async(async_chain)
-        if run:
-            sync_chain, async_chain = _gates(run, sync_chain, async_chain)
-        if follow:
-            sync_chain, async_chain = _observe.install(self, follow, sync_chain, async_chain)
+            # A second chain with the attempt events innermost, for the calls they follow; the
+            # others run the plain one (resilience._observe).
+            observed = _chain(policies, *_observe.attempt_steps(follow, _invoke))
+            sync_chain, async_chain = _observe.install(self, follow, (sync_chain, async_chain), observed)
         self._sync_chain = sync_chain
         self._async_chain = async_chain
 

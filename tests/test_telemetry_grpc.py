@@ -82,7 +82,7 @@ def check(rec: Recorder, seen: list[Attempt], ports: list[int]) -> None:
     call = rec.call()
     assert (call.kind, call.name) == (SpanKind.INTERNAL, "test.Echo/Unary")
     assert call.attributes is not None and call.attributes["resilience.outcome"] == "success"
-    assert call.attributes["resilience.policies"] == ("retry", "hedge")
+    assert call.attributes["resilience.policies"] == "retry,hedge"
     names = [n for n, _ in events(call)]
     assert "resilience.hedge" in names and "resilience.retry" in names
     retry = dict(events(call))["resilience.retry"]

@@ -55,7 +55,7 @@ def test_a_call_that_retried_once_has_two_attempt_spans_under_its_span(rec: Reco
     call = rec.call()
     assert call.kind is SpanKind.INTERNAL and call.name == "inventory/Get"
     assert call.attributes is not None
-    assert call.attributes["resilience.policies"] == ("retry",)
+    assert call.attributes["resilience.policies"] == "retry"
     assert call.attributes["resilience.outcome"] == "success"
     assert call.status.status_code is StatusCode.UNSET
     first, second = rec.attempts()
@@ -77,10 +77,13 @@ def test_a_call_that_retried_once_has_two_attempt_spans_under_its_span(rec: Reco
     }
     assert ("resilience.retry", retried) in events(call)
     labels = {"resilience.service": "inventory", "resilience.method": "Get", "resilience.outcome": "success"}
-    assert rec.points("resilience.calls") == [(labels, 1)]
-    attempts = {(a["resilience.outcome"], a["resilience.hedge"]): n for a, n in rec.points("resilience.attempts")}
+    assert rec.points("resilience.call.duration") == [(labels, 1)]  # a histogram's count: calls by outcome
+    durations = rec.points("resilience.attempt.duration")
+    attempts = {(a["resilience.outcome"], a["resilience.hedge"]): n for a, n in durations}
     assert attempts == {("failure", False): 1, ("success", False): 1}
-    assert sum(n for _, n in rec.points("resilience.attempt.duration")) == 2
+    assert [a.get("error.type") for a, _ in durations if a["resilience.outcome"] == "failure"] == [
+        "tests.test_telemetry_listener.Boom"
+    ]
     assert rec.points("resilience.retries") == [({"resilience.policy": "retry"}, 1)]
 
 
@@ -240,10 +243,12 @@ def test_without_an_sdk_the_listener_is_inactive_and_calls_run_as_without_it() -
     assert "inactive" in repr(listener)
 
 
-def test_a_disabled_listener_never_records(rec: Recorder) -> None:
+def test_a_disabled_listener_never_records_and_adds_no_step(rec: Recorder) -> None:
     listener = OpenTelemetryListener(rec.tracer_provider, rec.meter_provider, enabled=False)
     assert not listener.active()
-    Pipeline(Retry(2), listeners=[listener]).call(lambda: "ok")
+    p = Pipeline(Retry(2), listeners=[listener])
+    assert p._sync_chain.__name__ == "retry_sync"  # the chain of a pipeline without listeners
+    p.call(lambda: "ok")
     assert rec.spans() == []
 
 

@@ -52,6 +52,8 @@ def _global_set(module: Any, name: str, get: Callable[[], object], proxy: type) 
 
 
 _MISSING = object()
+_FAST = hasattr(trace, "_TRACER_PROVIDER") and hasattr(_metrics_api, "_METER_PROVIDER")
+"""The API keeps its globals where this listener reads them (else it asks the API each time)."""
 _PROXY_METER = _metrics_api._ProxyMeterProvider
 
 
@@ -150,13 +152,21 @@ class OpenTelemetryListener(CallListener):
 
     # -- CallListener ---------------------------------------------------------------------
 
+    @property
+    def follows_calls(self) -> bool:  # type: ignore[override]
+        """A disabled listener follows no call: a pipeline given only it builds no call step."""
+        return self._enabled
+
     def active(self) -> bool:
         """Whether calls are followed now: enabled, and a provider to record to."""
         if self._live:
             return True
-        if self._enabled and self._globals_set():
-            self._live = True
-            return True
+        # Two reads of the API's globals while nothing is set: what "off" costs a call.
+        if self._enabled and (
+            not _FAST or trace._TRACER_PROVIDER is not None or _metrics_api._METER_PROVIDER is not None
+        ):
+            self._live = self._globals_set()  # a global was set: is it one this listener uses?
+            return self._live
         return False
 
     def _globals_set(self) -> bool:
@@ -214,7 +224,6 @@ class OpenTelemetryListener(CallListener):
             return
         label = end_call(call, event.outcome, event.error, self.redactor)
         attributes = {"resilience.service": ctx.service, "resilience.method": call.method, "resilience.outcome": label}
-        self._instruments.calls.add(1, attributes)
         self._instruments.call_duration.record(event.duration, attributes)
 
     def _attempt_started(self, event: AttemptStarted) -> None:
@@ -244,7 +253,6 @@ class OpenTelemetryListener(CallListener):
         }
         if failure is not None:
             attributes["error.type"] = failure
-        self._instruments.attempts.add(1, attributes)
         self._instruments.attempt_duration.record(event.duration, attributes)
 
     # -- the policies' events -------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 Counters and histograms (attributes in brackets):
 
-- ``resilience.calls`` and ``resilience.call.duration`` (s) [service, method, outcome]
-  — outcome ``success``, ``fallback``, ``failure``, ``ignored`` or ``cancelled``;
-- ``resilience.attempts`` and ``resilience.attempt.duration`` (s) [service, method,
-  outcome, hedge (bool), ``error.type`` when failed];
+- ``resilience.call.duration`` (s) [service, method, outcome]: calls by outcome (its
+  count) and their latency, all attempts and waits included — outcome ``success``,
+  ``fallback``, ``failure``, ``ignored`` or ``cancelled``;
+- ``resilience.attempt.duration`` (s) [service, method, outcome, hedge (bool),
+  ``error.type`` when failed]: attempts sent by outcome (its count) and their latency;
 - ``resilience.rejections`` [policy, reason] — bulkhead, rate limit, throttle,
   concurrency limit, breaker;
 - ``resilience.retries`` [policy], ``resilience.hedges`` [policy], ``resilience.fallbacks``
@@ -176,9 +177,7 @@ class Instruments:
 
     __slots__ = (
         "attempt_duration",
-        "attempts",
         "call_duration",
-        "calls",
         "ejections",
         "fallbacks",
         "gauges",
@@ -188,18 +187,18 @@ class Instruments:
     )
 
     def __init__(self, meter: metrics.Meter, watched: Watched) -> None:
-        self.calls = meter.create_counter("resilience.calls", "{call}", "Calls, by how they ended")
+        # Calls and attempts are counted by their histograms (a histogram's count), as the
+        # semantic conventions do for requests: one measurement each, not two.
         self.call_duration = meter.create_histogram(
             "resilience.call.duration",
             "s",
-            "Duration of calls, all attempts and waits included",
+            "Calls, by how they ended, and their duration (all attempts and waits included)",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
         )
-        self.attempts = meter.create_counter("resilience.attempts", "{attempt}", "Attempts sent, by how they ended")
         self.attempt_duration = meter.create_histogram(
             "resilience.attempt.duration",
             "s",
-            "Duration of attempts",
+            "Attempts sent, by how they ended, and their duration",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
         )
         self.rejections = meter.create_counter("resilience.rejections", "{call}", "Calls a policy turned away")

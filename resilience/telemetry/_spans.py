@@ -98,14 +98,22 @@ class CallTrace:
 class AttemptTrace:
     """The CLIENT span of one attempt, and the context to propagate with it."""
 
-    __slots__ = ("call", "context", "described", "kind", "span")
+    __slots__ = ("_context", "call", "described", "kind", "span")
 
     def __init__(self, call: CallTrace, span: trace.Span) -> None:
         self.call = call
         self.span = span
-        self.context = trace.set_span_in_context(span, call.context)
+        self._context: otel_context.Context | None = None
         self.kind: str | None = None
         self.described = False
+
+    @property
+    def context(self) -> otel_context.Context:
+        """The OpenTelemetry context with this attempt's span current (made when first asked)."""
+        context = self._context
+        if context is None:
+            context = self._context = trace.set_span_in_context(self.span, self.call.context)
+        return context
 
     def __repr__(self) -> str:
         return f"AttemptTrace({self.span!r}, kind={self.kind!r})"
@@ -118,7 +126,7 @@ def start_call(
     parent = otel_context.get_current()
     attributes: dict[str, Any] = {"resilience.service": ctx.service, "resilience.method": ctx.method}
     if policies:
-        attributes["resilience.policies"] = list(policies)
+        attributes["resilience.policies"] = ",".join(policies)
     span = tracer.start_span(call_name(ctx), context=parent, kind=SpanKind.INTERNAL, attributes=attributes)
     call = CallTrace(listener, span, parent, method)
     ctx.telemetry = call
@@ -129,14 +137,16 @@ def end_call(call: CallTrace, outcome: Outcome, error: BaseException | None, red
     """End the call's span with its outcome; returns the outcome's label for metrics."""
     span = call.span
     label = "fallback" if call.fallback and error is None else outcome_label(outcome, error)
-    span.set_attribute("resilience.outcome", label)
     if error is not None and label != "cancelled":
         kind = _error_type_of(call.kind, error)
-        span.set_attribute("error.type", kind)
-        span.set_status(Status(StatusCode.ERROR, redactor.scrub(kind, call.secrets)))
+        span.set_attributes({"resilience.outcome": label, "error.type": kind})
+        span.set_status(Status(StatusCode.ERROR, kind))
         _exception_event(span, error, call.secrets, redactor)
-    elif outcome is _FAILURE:
-        span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        return label
+    span.set_attribute("resilience.outcome", label)
+    if error is None and outcome is _FAILURE:
+        span.set_status(Status(StatusCode.ERROR))  # a failing answer (an HTTP 503) after all the retries
     span.end()
     return label
 
@@ -159,10 +169,11 @@ def describe_grpc(attempt: AttemptTrace, ctx: CallContext, target: str | None) -
     attempt.described = True
     method = f"{ctx.service}/{ctx.method}" if ctx.service else ctx.method
     span = attempt.span
-    span.update_name(method)
-    span.set_attribute("rpc.system.name", "grpc")
-    span.set_attribute("rpc.method", method)
-    _address(span, target if target is not None else ctx.endpoint)
+    if not ctx.service:
+        span.update_name(method)  # else it was named service/method when it started
+    attributes: dict[str, Any] = {"rpc.system.name": "grpc", "rpc.method": method}
+    _address(attributes, target if target is not None else ctx.endpoint)
+    span.set_attributes(attributes)
 
 
 def describe_http(attempt: AttemptTrace, ctx: CallContext, method: str, url: str, redactor: Redactor) -> None:
@@ -174,31 +185,31 @@ def describe_http(attempt: AttemptTrace, ctx: CallContext, method: str, url: str
     call.secrets.update(secrets)
     span = attempt.span
     span.update_name(method)
-    span.set_attribute("http.request.method", method)
-    span.set_attribute("url.full", redacted)
+    attributes: dict[str, Any] = {"http.request.method": method, "url.full": redacted}
     resend = ctx.attempt - 1 + ctx.hedge
     if resend > 0:
-        span.set_attribute("http.request.resend_count", resend)
+        attributes["http.request.resend_count"] = resend
     scheme, _, rest = redacted.partition("://")
     authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
     host, port = split_address(authority)
     if port is None and scheme in ("http", "https"):
         port = 443 if scheme == "https" else 80
-    span.set_attribute("server.address", host)
+    attributes["server.address"] = host
     if port is not None:
-        span.set_attribute("server.port", port)
+        attributes["server.port"] = port
     if ctx.endpoint is not None:
-        span.set_attribute("resilience.endpoint", ctx.endpoint)
+        attributes["resilience.endpoint"] = ctx.endpoint
+    span.set_attributes(attributes)
 
 
-def _address(span: trace.Span, address: str | None) -> None:
+def _address(attributes: dict[str, Any], address: str | None) -> None:
     if not address:
         return
     host, port = split_address(address)
-    span.set_attribute("server.address", host)
+    attributes["server.address"] = host
     if port is not None:
-        span.set_attribute("server.port", port)
-    span.set_attribute("resilience.endpoint", address)
+        attributes["server.port"] = port
+    attributes["resilience.endpoint"] = address
 
 
 def _error_type_of(kind: str | None, error: BaseException) -> str:
@@ -229,29 +240,31 @@ def end_attempt(
     """End an attempt's span; returns its outcome label and ``error.type`` for metrics."""
     span = attempt.span
     label = outcome_label(outcome, error)
+    attributes: dict[str, Any] = {"resilience.outcome": label}
     if not attempt.described and endpoint is not None:
-        _address(span, endpoint)
+        _address(attributes, endpoint)
     kind = attempt.kind
     failure: str | None = None
     if kind == HTTP:
         status = getattr(result, "status_code", None)
         if isinstance(status, int):
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
             if status >= 400:
                 failure = str(status)
     elif kind == GRPC:
         code = "OK" if error is None else grpc_code(error) or ("CANCELLED" if label == "cancelled" else None)
         if code is not None:
-            span.set_attribute("rpc.response.status_code", code)
+            attributes["rpc.response.status_code"] = code
             if code != "OK" and label != "cancelled":
                 failure = code
     if error is not None and failure is None and label != "cancelled":
         failure = error_type(error)
     if failure is None and outcome is _FAILURE:
         failure = "failure"  # a result the classifier called a failure, with nothing more to name it
-    span.set_attribute("resilience.outcome", label)
     if failure is not None:
-        span.set_attribute("error.type", failure)
+        attributes["error.type"] = failure
+    span.set_attributes(attributes)
+    if failure is not None:
         span.set_status(Status(StatusCode.ERROR, failure))
     if error is not None and label != "cancelled":
         _exception_event(span, error, attempt.call.secrets, redactor)
