@@ -299,3 +299,44 @@ def test_enabling_telemetry_replaces_every_chain_and_keeps_the_policies(
     assert result.applied and setup.pipeline("default") is pipeline and list(pipeline.policies) == hedge_free
     assert events.append in pipeline.listeners
     assert not any(isinstance(p, Hedge) for p in pipeline.policies)
+
+
+# -- against a real gRPC server: balancer scores and a method's new set ------------------------------------
+
+
+def test_balancer_scores_and_a_channels_methods_follow_a_reload() -> None:
+    import grpc
+
+    from ._grpc_service import UNARY, Fault, callables, start
+
+    running = start()
+    data: dict[str, Any] = {
+        "policies": {
+            "default": {"retry": {"attempts": 3, "backoff": {"kind": "constant", "delay": 0}}},
+            "writes": {"timeout": "5s"},
+        },
+        "services": {"echo": {"discovery": [running.address], "balancer": {"kind": "peak_ewma", "decay": "2s"}}},
+        "grpc": {"policy": "default", "idempotent": True},
+    }
+    try:
+        with Setup(load(data)) as setup, setup.grpc_channel("echo") as channel:
+            unary = callables(channel)[UNARY]  # made once: it must see the reloads
+            for _ in range(5):
+                assert unary(b"x", timeout=5) == b"x"
+            balancer, pool = setup.balancer("echo"), channel.pool
+            scores = [state.score for state in pool.states]
+            costs = [score.cost for score in scores]
+            assert all(score is not None for score in scores)
+            data["policies"]["default"]["retry"]["attempts"] = 4
+            data["services"]["echo"]["balancer"]["decay"] = "7s"
+            data["grpc"]["services"] = {"test.Echo": {"methods": {"Unary": {"policy": "writes"}}}}
+            assert setup.apply(load(data)).applied
+            assert setup.balancer("echo") is balancer and balancer.options.decay == 7.0
+            assert [state.score for state in pool.states] == scores and [s.cost for s in scores] == costs
+            running.service.script(UNARY, Fault(code=grpc.StatusCode.UNAVAILABLE))
+            before = running.service.count(UNARY)
+            with pytest.raises(grpc.RpcError):
+                unary(b"x", timeout=5)  # now under "writes": no retry
+            assert running.service.count(UNARY) == before + 1
+    finally:
+        running.stop()

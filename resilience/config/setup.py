@@ -135,7 +135,7 @@ class Setup:
                 error = ConfigError(
                     [ConfigIssue("(building)", config.redact(f"{type(exc).__name__}: {exc}"))], config.source
                 )
-                _log.warning("%s; keeping generation %d", error, self.generation)
+                _log.warning("%s\n  keeping generation %d", error, self.generation)
                 return ReloadResult(False, self.generation, error=error, source=config.source)
             self.generation += 1
             self._config = config
@@ -153,7 +153,8 @@ class Setup:
         try:
             config = load(source) if not isinstance(source, Config) else source
         except (ConfigError, OSError, ValueError) as exc:
-            _log.warning("config %s refused, keeping generation %d:\n%s", _name(source), self.generation, exc)
+            text = str(exc) if isinstance(exc, ConfigError) else f"config {_name(source)} refused: {exc}"
+            _log.warning("%s\n  keeping generation %d", text, self.generation)
             return ReloadResult(False, self.generation, error=exc, source=_name(source))
         return self.apply(config)
 
@@ -169,7 +170,7 @@ class Setup:
         try:
             config = loads(text, fmt, environ=environ, source=source)
         except ConfigError as exc:
-            _log.warning("config %s refused, keeping generation %d:\n%s", source or "(text)", self.generation, exc)
+            _log.warning("%s\n  keeping generation %d", exc, self.generation)
             return ReloadResult(False, self.generation, error=exc, source=source)
         return self.apply(config)
 
@@ -222,6 +223,13 @@ class Setup:
                 _close(old_telemetry[1])
         changes = list(sets.changes)
         changes += [f"{key}: balancer replaced (adapters made before keep the old one)" for key in backends.replaced]
+        old = self._config.data if self._config is not None else None
+        if old is not None:
+            changes += [f"services.{name}: changed" for name, section in data.services.items()
+                        if old.services.get(name) not in (None, section)]  # fmt: skip
+            for part in ("grpc", "http", "telemetry"):
+                if getattr(old, part) != getattr(data, part):
+                    changes.append(f"{part}: changed")
         if http is not None:
             changes += http.changes
         return changes
