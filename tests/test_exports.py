@@ -10,11 +10,17 @@ import pytest
 
 import resilience
 
+NAMESPACES = ("resilience.telemetry",)
+"""Subpackages whose names are reached through them (``resilience.telemetry.configure``), not from
+``resilience``: telemetry imports opentelemetry, which ``import resilience`` does not."""
+
 
 def _public_modules() -> list[str]:
     names = []
     for info in pkgutil.walk_packages(resilience.__path__, "resilience."):
         if info.name == "resilience.cli" or any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        if info.name.startswith(NAMESPACES):
             continue
         names.append(info.name)
     return names
@@ -156,3 +162,15 @@ def test_adapter_modules_export_what_they_list(module_name: str) -> None:
     assert module.__all__, module_name
     for name in module.__all__:
         assert hasattr(module, name), f"{module_name}.{name}"
+
+
+def test_importing_resilience_does_not_import_opentelemetry() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, resilience, resilience.pipeline;"
+        "bad = [m for m in sys.modules if m.startswith('opentelemetry')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
