@@ -22,7 +22,7 @@ by the kernel count; an attempt a breaker turned away before sending does not).
 - ``resilience``: this project, configured once for every fleet (see :func:`our_policies`):
   the discovery channel (``AioResilientChannel``) or the discovery transport
   (``AsyncResilientTransport``) over ``StaticDiscovery``, P2C Peak-EWMA with outlier
-  ejection, and ``Timeout(2) -> Retry(3) -> Hedge(p95) -> Timeout(1)``.
+  ejection, and ``Timeout(2) -> Retry(3) -> Hedge(p97) -> Timeout(1)``.
 
 The peers get the same attempts, backoff curve, timeouts and ejection time as ours. Every
 HTTP stack has one connection pool per replica, with the same limits (see :func:`_http_client`).
@@ -98,15 +98,17 @@ def our_policies() -> tuple[PeakEwma, Pipeline]:
     - ``Timeout(2)`` over the call and ``Timeout(1)`` per attempt, as for the peers;
     - ``Retry(3)`` with full jitter from 10 ms (the default starts at 100 ms): a retry goes to
       another replica, so it need not wait long; the retry budget is the default one;
-    - ``Hedge(percentile=0.95)``: a second attempt, to another replica, once a call is slower
-      than 95 % of the recent ones (no hedge before 20 samples), within the default hedge
-      budget (10 % of calls plus 1 a second).
+    - ``Hedge(percentile=0.97)``: a second attempt, to another replica, once a call is slower
+      than 97 % of the recent ones (no hedge before 20 samples), within the default hedge
+      budget (10 % of calls plus 1 a second). With the client's CPU the bottleneck, a hedge
+      of a call that is merely late in the client's queue is wasted: interleaved runs gave
+      1.05-1.13 attempts per request at p95 against 1.04-1.09 at p97, with the same p99.
     """
     balancer = PeakEwma(ejection=OutlierEjection(consecutive_failures=5, base_ejection_time=EJECTION_TIME))
     pipeline = Pipeline(
         Timeout(TOTAL),
         Retry(ATTEMPTS, backoff=ExponentialJitter(0.01, 2.0, 0.1)),
-        Hedge(percentile=0.95, delay=None),
+        Hedge(percentile=0.97, delay=None),
         Timeout(ATTEMPT),
     )
     return balancer, pipeline

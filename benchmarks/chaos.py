@@ -222,8 +222,8 @@ class Result:
         mine = self.arrivals[2] or []
         out: list[float] = []
         t = self.start
-        end = max(everyone, default=t)
-        while t < end:
+        end = self.start + self.seconds
+        while t + step <= end + 1e-9:  # whole bins only
             total = _count(everyone, t, t + step)
             out.append(_count(mine, t, t + step) / total if total else 0.0)
             t += step
