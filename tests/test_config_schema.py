@@ -292,4 +292,15 @@ def test_json_schema_describes_defaults_and_ranges() -> None:
     assert pushback["anyOf"][0]["minimum"] == 0
     assert "description" in retry["attempts"] and retry["attempts"]["description"]
     assert schema["additionalProperties"] is False
+    breaker = defs["CircuitBreakerSection"]["properties"]["failure_rate"]
+    assert breaker["anyOf"][0] == {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+
+    def keys(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        if isinstance(node, list):
+            return {k for v in node for k in keys(v)}
+        return set()
+
+    assert not keys(schema) & {"ge", "gt", "le", "lt"} - set(defs)  # JSON Schema's names for bounds only
     assert resilience.__name__ == "resilience"

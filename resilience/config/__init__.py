@@ -65,9 +65,33 @@ def _plain(node: Any) -> Any:
     return node
 
 
+_BOUND_NAMES = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def _push(node: dict[str, Any], bounds: dict[str, Any]) -> None:
+    if node.get("type") in ("number", "integer"):
+        node.update(bounds)
+    for option in node.get("anyOf", ()):
+        _push(option, bounds)
+
+
+def _bounds(node: Any) -> Any:
+    """pydantic writes the bounds of an optional field as ``gt``/``le`` beside its ``anyOf``:
+    JSON Schema wants them as ``exclusiveMinimum``/``maximum``, on the numeric branch."""
+    if isinstance(node, list):
+        return [_bounds(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _bounds(v) for k, v in node.items()}
+    bounds = {_BOUND_NAMES[k]: node.pop(k) for k in list(node) if k in _BOUND_NAMES}
+    if bounds:
+        _push(node, bounds)
+    return node
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a config file (for editors: ``resilience config schema``)."""
-    schema: dict[str, Any] = _plain(ConfigSchema.model_json_schema())
+    schema: dict[str, Any] = _bounds(_plain(ConfigSchema.model_json_schema()))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "resilience config"
     return schema

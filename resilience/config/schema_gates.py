@@ -69,9 +69,15 @@ class FallbackSection(Section):
     """:class:`~resilience.Fallback`: give ``value`` (any JSON value) or ``handler``, not both."""
 
     value: Any = opt(FallbackOptions, "value", default=None)
-    handler: CallableRef | None = opt(FallbackOptions, "handler")
-    on: ExceptionList = opt(FallbackOptions, "on", default=["Exception"])
-    on_result: CallableRef | None = opt(FallbackOptions, "on_result")
+    handler: CallableRef | None = opt(
+        FallbackOptions, "handler", doc="a function module:name computing the answer from a FallbackInput (the error)"
+    )
+    on: ExceptionList = opt(
+        FallbackOptions, "on", default=["Exception"], doc="the errors that trigger it, by class name (default: all)"
+    )
+    on_result: CallableRef | None = opt(
+        FallbackOptions, "on_result", doc="a function module:name of a result, true to answer instead (default: none)"
+    )
     name: PolicyName | None = Field(default=None, description=_NAME_DOC)
 
     def options(self) -> FallbackOptions:
@@ -124,8 +130,14 @@ class CircuitBreakerSection(Section):
     half_open_max_calls: Int = opt(_CB, "half_open_max_calls", ge=1, le=10_000)
     half_open_max_wait: Duration = opt(_CB, "half_open_max_wait", gt=0, le=MAX_WAIT)
     success_threshold: Int = opt(_CB, "success_threshold", ge=1, le=10_000)
-    failure_on: ExceptionList | None = opt(_CB, "failure_on")
-    failure_if_result: CallableRef | None = opt(_CB, "failure_if_result")
+    failure_on: ExceptionList | None = opt(
+        _CB,
+        "failure_on",
+        doc="the errors that are failures, by class name; others are successes (default: the classifier decides)",
+    )
+    failure_if_result: CallableRef | None = opt(
+        _CB, "failure_if_result", doc="a function module:name of a result, true for a failure (default: none)"
+    )
     name: PolicyName | None = Field(default=None, description=_NAME_DOC)
 
     def options(self) -> CircuitBreakerOptions:

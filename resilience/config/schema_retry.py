@@ -214,11 +214,24 @@ class RetrySection(Section):
         doc="the delay curve: {kind: constant | exponential | exponential_jitter | exponential_plus_jitter | "
         "decorrelated_jitter, ...} (default exponential_jitter from 0.1 s doubling to 10 s)",
     )
-    retry_on: ExceptionList = opt(RetryOptions, "retry_on", default=["Exception"])
-    retry_if_result: CallableRef | None = opt(RetryOptions, "retry_if_result")
+    retry_on: ExceptionList = opt(
+        RetryOptions,
+        "retry_on",
+        default=["Exception"],
+        doc="the errors that may be retried, by class name (ConnectionError, httpx.ConnectError...; default: all)",
+    )
+    retry_if_result: CallableRef | None = opt(
+        RetryOptions, "retry_if_result", doc="a function module:name of a result, true to retry it (default: none)"
+    )
     max_pushback: Duration = opt(RetryOptions, "max_pushback", ge=0, le=MAX_WAIT)
     retry_non_idempotent: Bool = opt(RetryOptions, "retry_non_idempotent")
-    retry_rejections: Rejections = opt(RetryOptions, "retry_rejections")
+    retry_rejections: Rejections = opt(
+        RetryOptions,
+        "retry_rejections",
+        doc="the local rejections (an open circuit, a full bulkhead, a rate limit...: they reached no server) to "
+        "try again, after their retry_after or the backoff: true (all), false (none, the default), or error "
+        "names (RateLimitedError, CircuitOpenError...)",
+    )
     budget: Annotated[RetryBudgetSection | None, BeforeValidator(_no_budget)] = Field(
         default_factory=RetryBudgetSection, description=_BUDGET_DOC
     )
