@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python examples/grpc_client_config.py``
 
-It starts two local ``demo.Greeter`` servers that fail every other call with UNAVAILABLE,
+It starts two local ``demo.Greeter`` servers that fail the first attempt of every request
+with UNAVAILABLE (an attempt sent again succeeds, on either server),
 puts their addresses in the environment (the config reads ``${GREETER_1}`` and
 ``${GREETER_2}``), and then:
 
@@ -16,10 +17,10 @@ puts their addresses in the environment (the config reads ``${GREETER_1}`` and
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import shutil
 import tempfile
+import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -33,13 +34,19 @@ SAY_HELLO = "/demo.Greeter/SayHello"
 CREATE_ORDER = "/demo.Greeter/CreateOrder"
 
 
+_seen: set[tuple[str, bytes]] = set()  # shared by both servers: a request's first attempt fails
+_seen_lock = threading.Lock()
+
+
 def start_server() -> tuple[grpc.Server, str]:
-    """A server whose every other call (of each method) fails with UNAVAILABLE."""
-    counters = {"SayHello": itertools.count(), "CreateOrder": itertools.count()}
+    """A server that fails the first attempt of each request with UNAVAILABLE."""
 
     def handler(name: str, answer: bytes) -> grpc.RpcMethodHandler:
         def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-            if next(counters[name]) % 2 == 0:
+            with _seen_lock:
+                first = (name, request) not in _seen
+                _seen.add((name, request))
+            if first:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "flaky on purpose")
             return answer + request
 

@@ -236,7 +236,7 @@ HTTP_CONFIG: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "trio"])
 def test_httpx_requests_get_the_policy_set_of_their_route(mode: str) -> None:
     setup = load(HTTP_CONFIG).setup()
     with HttpServer() as server:
@@ -254,6 +254,10 @@ def test_httpx_requests_get_the_policy_set_of_their_route(mode: str) -> None:
                     return [(await client.get(f"{server.url}/items/1")).status_code,
                             (await client.get(f"{server.url}/orders/1")).status_code]  # fmt: skip
 
+            if mode == "trio":
+                import trio
+
+                return trio.run(run)
             return asyncio.run(run())
 
         assert statuses() == [200, 500]  # /items retried past two 500s; /orders (writes: no retry) not

@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -29,6 +28,7 @@ from ..events import Listener
 from ..pipeline import Pipeline
 from ..policy import Policy
 from ._backends import BuiltBalancer, ConfigDiscovery, SourceKey, close_sources, commit_backends, plan_backends
+from ._outcome import ReloadResult, Source, close_listener, source_name, telemetry_listener
 from .build import BuiltSet, close_policies, plan_sets
 from .errors import ConfigError, ConfigIssue
 from .load import Config, load, loads
@@ -37,44 +37,6 @@ from .schema_adapters import TelemetrySection
 __all__ = ["ReloadResult", "Setup"]
 
 _log = logging.getLogger("resilience.config")
-
-Source = Config | Mapping[str, Any] | str | os.PathLike[str]
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    """What became of a config given to :meth:`Setup.apply` or :meth:`Setup.reload`.
-
-    Attributes:
-        applied: whether it is now in force.
-        generation: the generation in force afterwards (1 for the first config, +1 per applied one).
-        changes: what it changed (``policies.default.retry: reconfigured``...), when applied.
-        error: why it was refused, else ``None``: a :class:`ConfigError` (what building raised is
-            reported as its ``(building)`` issue, with the secrets masked).
-        source: where it came from.
-    """
-
-    applied: bool
-    generation: int
-    changes: tuple[str, ...] = ()
-    error: BaseException | None = None
-    source: str | None = None
-
-
-def _telemetry_listener(section: TelemetrySection) -> Listener | None:
-    if not section.enabled:
-        return None
-    try:
-        from .. import telemetry
-    except ImportError:
-        _log.warning("telemetry is enabled in the config but resilience.telemetry cannot be imported")
-        return None
-    configure = getattr(telemetry, "configure", None)
-    if configure is None:
-        _log.warning("telemetry is enabled in the config but resilience.telemetry has no configure()")
-        return None
-    listener: Listener = configure(**section.settings())
-    return listener
 
 
 class Setup:
@@ -153,9 +115,9 @@ class Setup:
         try:
             config = load(source) if not isinstance(source, Config) else source
         except (ConfigError, OSError, ValueError) as exc:
-            text = str(exc) if isinstance(exc, ConfigError) else f"config {_name(source)} refused: {exc}"
+            text = str(exc) if isinstance(exc, ConfigError) else f"config {source_name(source)} refused: {exc}"
             _log.warning("%s\n  keeping generation %d", text, self.generation)
-            return ReloadResult(False, self.generation, error=exc, source=_name(source))
+            return ReloadResult(False, self.generation, error=exc, source=source_name(source))
         return self.apply(config)
 
     def reload_text(
@@ -180,7 +142,7 @@ class Setup:
         listener: Listener | None = None
         telemetry_changed = old_telemetry is None or old_telemetry[0] != data.telemetry
         if telemetry_changed:
-            listener = _telemetry_listener(data.telemetry)
+            listener = telemetry_listener(data.telemetry)
         elif old_telemetry is not None:
             listener = old_telemetry[1]
         listeners = self._listeners + ((listener,) if listener is not None else ())
@@ -199,7 +161,7 @@ class Setup:
                 raise
         except BaseException:
             if telemetry_changed and listener is not None:
-                _close(listener)
+                close_listener(listener)
             raise
         # -- commit: nothing below is expected to fail --------------------------------------
         if shell_changed:
@@ -220,7 +182,7 @@ class Setup:
         if telemetry_changed:
             self._telemetry = (data.telemetry, listener)
             if old_telemetry is not None and old_telemetry[1] is not None:
-                _close(old_telemetry[1])
+                close_listener(old_telemetry[1])
         changes = list(sets.changes)
         changes += [f"{key}: balancer replaced (adapters made before keep the old one)" for key in backends.replaced]
         old = self._config.data if self._config is not None else None
@@ -381,7 +343,7 @@ class Setup:
         self._sources.clear()
         close_policies(self._retired + [p for built in self._sets.values() for p in built.policies.values()])
         if self._telemetry is not None and self._telemetry[1] is not None:
-            _close(self._telemetry[1])
+            close_listener(self._telemetry[1])
 
     def __enter__(self) -> Setup:
         return self
@@ -391,22 +353,3 @@ class Setup:
 
     def __repr__(self) -> str:
         return f"Setup(generation={self.generation}, policies={list(self._sets)})"
-
-
-def _name(source: Source) -> str:
-    if isinstance(source, Config):
-        return source.source or "(dict)"
-    if isinstance(source, Mapping):
-        return "(dict)"
-    return str(source)
-
-
-def _close(listener: Any) -> None:
-    for name in ("close", "shutdown"):
-        method = getattr(listener, name, None)
-        if callable(method):
-            try:
-                method()
-            except Exception:
-                _log.exception("closing the telemetry listener failed")
-            return
