@@ -263,3 +263,24 @@ def test_bad_arguments_are_named() -> None:
         OpenTelemetryListener(redact_query_params="token")
     with pytest.raises(ValueError, match="redact_headers must hold non-empty strings, got ''"):
         OpenTelemetryListener(redact_headers=[""])
+
+
+def test_an_ejection_during_a_call_is_an_event_on_its_span(rec: Recorder) -> None:
+    clock = FakeClock()
+    discovery = StaticDiscovery({"orders": ["10.0.0.1:1", "10.0.0.2:1"]})
+    ejection = OutlierEjection(consecutive_failures=1, success_rate_stdev=None, max_ejection_percent=50)
+    pool: EndpointPool[Any] = EndpointPool("orders", discovery, ejection=ejection)
+    p = Pipeline(Retry(1), clock=clock, listeners=[rec.listener])
+
+    def attempt(ctx: CallContext) -> str:
+        selection = pool.pick(ctx, clock.monotonic())
+        selection.release(Outcome.FAILURE, 0.01, clock.monotonic(), ctx)
+        return "answered anyway"
+
+    assert p.execute(attempt, p.context()) == "answered anyway"
+    (_, attributes) = next(e for e in events(rec.call()) if e[0] == "resilience.endpoint.ejected")
+    assert attributes["resilience.reason"] == "consecutive_failures" and attributes["resilience.service"] == "orders"
+    assert rec.points("resilience.endpoint.ejections") == [
+        ({"resilience.service": "orders", "resilience.reason": "consecutive_failures"}, 1)
+    ]
+    pool.close()
