@@ -10,9 +10,10 @@ import pytest
 
 import resilience
 
-NAMESPACES = ("resilience.telemetry",)
-"""Subpackages whose names are reached through them (``resilience.telemetry.configure``), not from
-``resilience``: telemetry imports opentelemetry, which ``import resilience`` does not."""
+NAMESPACES = ("resilience.telemetry", "resilience.config")
+"""Subpackages whose names are reached through them (``resilience.telemetry.configure``,
+``resilience.config.load``), not from ``resilience``: telemetry imports opentelemetry and
+config pydantic, which ``import resilience`` does not."""
 
 
 def _public_modules() -> list[str]:
