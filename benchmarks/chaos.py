@@ -39,8 +39,9 @@ has none), the mean of the rounds. For the recovering fleet: the time from the r
 the first 1 s window in which the recovered replica got at least 0.8x the arrivals of the
 healthy replica 1, and the recovered replica's share of all arrivals in each half second.
 Then the issue's goals for this project, PASS or FAIL with their figures: 100 % success on
-every fleet, p99 under faults at most 2x the bare client's p99 on the healthy fleet, at
-most 1.1 attempts per request, the recovered replica back within 5 s. The script exits 0
+every fleet, p99 under faults at most 2x the bare client's p99 on the healthy fleet (the
+median over rounds of the ratio within a round, as a busy minute moves both), at most 1.1
+attempts per request, the recovered replica back within 5 s. The script exits 0
 whatever they say.
 
 Every process started is stopped at the end, and on Ctrl-C (exit status 130).
@@ -400,6 +401,13 @@ def recovery_table(results: Sequence[Result]) -> list[str]:
     return lines
 
 
+def _ratio(summary: Summary, reference: Summary) -> float:
+    """The median over rounds of p99 / the reference's p99 in the same round (a busy minute
+    of the machine moves both)."""
+    pairs = zip(summary.runs, reference.runs, strict=False)
+    return statistics.median(r.quantile(0.99) / b.quantile(0.99) for r, b in pairs)
+
+
 def goals(summaries: Sequence[Summary]) -> list[str]:
     lines = ["goals for the resilience stack (issue 10, item 8; medians over rounds, counts pooled):"]
 
@@ -421,12 +429,12 @@ def goals(summaries: Sequence[Summary]) -> list[str]:
         ]
         faulty = [s for s in mine if s.first.fleet != "healthy"]
         if bare and faulty:
-            reference = bare[0].quantile(0.99)
-            p99 = ", ".join(f"{s.first.fleet} {_ms(s.quantile(0.99))} ms" for s in faulty)
-            ok = all(s.quantile(0.99) <= 2 * reference for s in faulty)
+            reference = bare[0]
+            p99 = ", ".join(f"{s.first.fleet} {_ms(s.quantile(0.99))} ms ({_ratio(s, reference):.2f}x)" for s in faulty)
+            ok = all(_ratio(s, reference) <= 2 for s in faulty)
             lines.append(
-                f"  {name}: p99 under faults <= 2x bare healthy p99 ({_ms(reference)} ms -> "
-                f"{_ms(2 * reference)} ms): {p99}: {verdict(ok)}"
+                f"  {name}: p99 under faults <= 2x bare healthy p99 ({_ms(reference.quantile(0.99))} ms; "
+                f"ratios within a round): {p99}: {verdict(ok)}"
             )
         attempts = ", ".join(f"{s.first.fleet} {s.attempts_per_request:.3f}" for s in mine)
         ok = all(s.attempts_per_request <= 1.1 for s in mine)
