@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -95,6 +96,7 @@ class Pipeline:
     __slots__ = (
         "_async_chain",
         "_context_type",
+        "_decorated",
         "_sync_chain",
         "classifier",
         "clock",
@@ -125,6 +127,7 @@ class Pipeline:
             if not callable(listener):
                 raise TypeError(f"listeners[{i}] must be callable, got {listener!r}")
         self.policies: tuple[Policy, ...] = policies
+        self._decorated: weakref.WeakSet[Callable[..., Any]] | None = None
         self.clock = clock
         self.listeners: tuple[Listener, ...] = tuple(listeners)
         self.classifier = classifier
@@ -148,9 +151,9 @@ class Pipeline:
         or moved): adapters that hold this pipeline see the new chain at once. A call reads
         the chain once, when it starts, so calls in flight finish under the policies they
         started with; the policy objects are ``other``'s, shared with it (their state too).
-        A function decorated before the swap runs the new chain, with the clock and the
-        listeners of its decoration. Listeners with a ``watch`` method are told of this
-        pipeline again.
+        Functions decorated with this pipeline are rebound to the new chain, clock and
+        listeners (their calls pay nothing for it). Listeners with a ``watch`` method are
+        told of this pipeline again.
 
         Raises:
             TypeError: ``other`` is not a :class:`Pipeline`.
@@ -167,6 +170,8 @@ class Pipeline:
         self._sync_chain = other._sync_chain
         self._async_chain = other._async_chain
         self.policies = other.policies
+        for wrapper in list(self._decorated or ()):
+            self._rebind(wrapper)
         for listener in self.listeners:
             watch = getattr(listener, "watch", None)
             if callable(watch):
@@ -244,13 +249,9 @@ class Pipeline:
         The decorated function's calls build their context from a class that already holds
         the function, so a call stores only its arguments.
         """
-        context_type = type(
-            "CallContext",
-            (self._context_type,),
-            {"__module__": CallContext.__module__, "__qualname__": CallContext.__qualname__, "fn": staticmethod(fn)},
-        )
-        pipeline = self  # the chain is read at each call: a replace() reaches decorated functions
+        context_type = self._decorated_context(fn)
         if inspect.iscoroutinefunction(fn):
+            async_chain = self._async_chain
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -258,9 +259,12 @@ class Pipeline:
                 ctx.args = args
                 if kwargs:
                     ctx.kwargs = kwargs
-                return await pipeline._async_chain(ctx)
+                return await async_chain(ctx)
 
+            self._remember(async_wrapper)
             return async_wrapper
+
+        sync_chain = self._sync_chain
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -268,9 +272,34 @@ class Pipeline:
             ctx.args = args
             if kwargs:
                 ctx.kwargs = kwargs
-            return pipeline._sync_chain(ctx)
+            return sync_chain(ctx)
 
+        self._remember(wrapper)
         return wrapper
+
+    def _decorated_context(self, fn: Callable[..., Any]) -> type[CallContext]:
+        """The context class of a function decorated by this pipeline: the function is in it."""
+        return type(
+            "CallContext",
+            (self._context_type,),
+            {"__module__": CallContext.__module__, "__qualname__": CallContext.__qualname__, "fn": staticmethod(fn)},
+        )
+
+    def _remember(self, wrapper: Callable[..., Any]) -> None:
+        """Keep a weak reference to a decorated function, for :meth:`replace` to rebind."""
+        if self._decorated is None:
+            self._decorated = weakref.WeakSet()
+        self._decorated.add(wrapper)
+
+    def _rebind(self, wrapper: Callable[..., Any]) -> None:
+        """Point a decorated function at this pipeline's chain and context (its closure's cells)."""
+        cells = dict(zip(wrapper.__code__.co_freevars, wrapper.__closure__ or (), strict=True))
+        context = cells["context_type"]
+        context.cell_contents = self._decorated_context(context.cell_contents.fn)
+        if "sync_chain" in cells:
+            cells["sync_chain"].cell_contents = self._sync_chain
+        if "async_chain" in cells:
+            cells["async_chain"].cell_contents = self._async_chain
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(p.name for p in self.policies)})"

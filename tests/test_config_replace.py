@@ -81,8 +81,10 @@ def test_decorated_functions_follow_the_swap_sync_and_async() -> None:
     with pytest.raises(ConnectionError):
         flaky()
     calls.clear()
-    pipeline.replace(Pipeline(Retry(3, backoff=Constant(1), budget=None), clock=clock))
+    events: list[object] = []
+    pipeline.replace(Pipeline(Retry(3, backoff=Constant(1), budget=None), clock=clock, listeners=[events.append]))
     assert flaky() == "ok" and len(calls) == 2
+    assert [type(e).__name__ for e in events] == ["RetryScheduled"]  # the new listeners too
     calls.clear()
     assert asyncio.run(aflaky()) == "ok" and clock.sleeps[-1] == 1.0
 
