@@ -161,7 +161,8 @@ def configure(
 
 
 def _forget(providers: Sequence[Any]) -> None:
-    """Drop shut-down providers from the cache (called by the listener's ``shutdown``)."""
+    """Drop providers from the cache (called by the listener's ``shutdown``); global ones stay."""
+    providers = [p for p in providers if p is not trace.get_tracer_provider() and p is not metrics.get_meter_provider()]
     with _lock:
         for key, value in list(_providers.items()):
             if any(p in value for p in providers):

@@ -350,14 +350,21 @@ class OpenTelemetryListener(CallListener):
 
     def shutdown(self) -> None:
         """Flush and shut down the providers made by :func:`~resilience.telemetry.configure`
-        (shared by the listeners it made with the same settings; a later call makes new ones)."""
+        (shared by the listeners it made with the same settings; a later call makes new ones).
+
+        A provider that became the global one is only flushed: the API allows one global per
+        process, and other instrumentation still records to it.
+        """
         owned, self._owned = self._owned, []
         if owned:
             from ._configure import _forget
 
             _forget(owned)
         for provider in owned:
-            provider.shutdown()
+            if any(provider is g for g in (trace.get_tracer_provider(), metrics.get_meter_provider())):
+                provider.force_flush()
+            else:
+                provider.shutdown()
 
     def __repr__(self) -> str:
         state = "disabled" if not self._enabled else "active" if self._live else "inactive"
