@@ -17,6 +17,12 @@ object (or one balancer carrying it) serves any number of pools.
 Only successes and failures count; ignored outcomes (the caller's fault, cancellations,
 local rejections) do not.
 
+**Small fleets.** With the defaults (``min_hosts=5``) a fleet of fewer than five endpoints
+is judged by ``consecutive_failures`` alone. Lowering ``min_hosts`` does not make the
+success-rate check work there: one outlier among ``n`` endpoints lies at most
+``sqrt(n - 1)`` standard deviations below the mean, so with ``k = 1.9`` it is never ejected
+among four or fewer. For three or four replicas use ``failure_percentage`` instead.
+
 **How long.** The ``n``-th ejection lasts ``min(base_ejection_time * n, max_ejection_time)``.
 ``n`` drops by one at the end of each interval that the endpoint spent wholly in the pool
 with at least one success and no ejection, so good behaviour brings it back to the base.

@@ -21,6 +21,14 @@ Needs the ``config`` extra (pydantic, PyYAML).
 import re
 from typing import TYPE_CHECKING, Any
 
+try:
+    import pydantic  # noqa: F401
+    import yaml  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"resilience.config needs the 'config' extra ({exc.name} is missing): pip install 'resilience[config]'"
+    ) from exc
+
 from .errors import ConfigError, ConfigIssue
 from .load import Config, load, loads
 from .schema import ConfigSchema
