@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,22 +20,6 @@ from ._http_server import HttpServer, Reply
 from .servers import EtcdServer, free_port
 
 pytestmark = pytest.mark.etcd
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer(progress_interval="200ms")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def client(etcd: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient(f"etcd://127.0.0.1:{etcd.port}") as c:
-        yield c
 
 
 def base(attempts: int = 3) -> dict[str, Any]:

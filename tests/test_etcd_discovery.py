@@ -21,25 +21,9 @@ from .servers import EtcdServer, TcpProxy, free_port
 pytestmark = pytest.mark.etcd
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer(progress_interval="200ms")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def prefix() -> str:
     return unique_prefix("disc")
-
-
-@pytest.fixture
-def client(etcd: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient(f"etcd://127.0.0.1:{etcd.port}") as c:
-        yield c
 
 
 @pytest.fixture

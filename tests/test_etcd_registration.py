@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,25 +22,9 @@ from .servers import EtcdServer, TcpProxy, free_port
 pytestmark = pytest.mark.etcd
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer(progress_interval="200ms")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def prefix() -> str:
     return unique_prefix("reg")
-
-
-@pytest.fixture
-def client(etcd: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient(f"etcd://127.0.0.1:{etcd.port}") as c:
-        yield c
 
 
 def _keys(client: EtcdClient, prefix: str) -> dict[str, dict[str, object]]:

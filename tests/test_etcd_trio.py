@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -27,25 +27,9 @@ LIBRARIES = ["asyncio", "trio"]
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer(progress_interval="200ms")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def prefix() -> str:
     return unique_prefix("trio")
-
-
-@pytest.fixture
-def client(etcd: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient(f"etcd://127.0.0.1:{etcd.port}") as c:
-        yield c
 
 
 def run_on(library: str, main: Callable[[], Awaitable[None]]) -> None:
