@@ -55,7 +55,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-import grpc
+try:
+    import grpc
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.grpc needs the 'grpc' extra ({exc.name} is missing): pip install 'resilience-policies[grpc]'"
+    ) from exc
 
 from resilience.context import CallContext
 from resilience.outcome import Pending

@@ -40,8 +40,13 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import grpc
-import grpc.aio
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.grpc_aio needs the 'grpc' extra ({exc.name} is missing): pip install 'resilience-policies[grpc]'"
+    ) from exc
 
 from resilience.context import CallContext
 from resilience.errors import ResilienceError

@@ -31,8 +31,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
-import grpc.aio
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.grpc_channel needs the 'grpc' extra ({exc.name} is missing): "
+        "pip install 'resilience-policies[grpc]'"
+    ) from exc
 
 from resilience._validate import Seconds, seconds
 from resilience.balancing.base import Balancer

@@ -19,8 +19,14 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-import grpc
-import grpc.aio
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.grpc_channel_aio needs the 'grpc' extra ({exc.name} is missing): "
+        "pip install 'resilience-policies[grpc]'"
+    ) from exc
 
 from resilience._validate import Seconds, seconds
 from resilience.balancing.base import Balancer

@@ -41,8 +41,14 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-import grpc
-import grpc.aio
+try:
+    import grpc
+    import grpc.aio
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.grpc_server needs the 'grpc' extra ({exc.name} is missing): "
+        "pip install 'resilience-policies[grpc]'"
+    ) from exc
 
 from resilience._validate import Seconds, seconds
 from resilience.context import CallContext

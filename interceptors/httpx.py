@@ -68,7 +68,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"interceptors.httpx needs the 'httpx' extra ({exc.name} is missing): pip install 'resilience-policies[httpx]'"
+    ) from exc
 
 from resilience.balancing.base import Balancer
 from resilience.balancing.pool import EndpointPool, EndpointState, HealthFactory, Selection

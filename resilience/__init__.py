@@ -14,6 +14,10 @@ on first use, ``resilience.PyBreakerPolicy``, and are not in ``__all__``, so tha
 
 from typing import TYPE_CHECKING
 
+# The one source of the version: pyproject.toml reads it (setuptools dynamic metadata), so do
+# the CLI and the telemetry scope. Set before the imports below, so a module they load can use it.
+__version__ = "0.1.0"
+
 from .balancing import (
     Balancer,
     EndpointPool,
@@ -131,8 +135,6 @@ from .policies import (
     TokenBucketOptions,
 )
 from .policy import Policy
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AIMD",

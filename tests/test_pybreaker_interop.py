@@ -365,5 +365,5 @@ def test_constructor_checks_the_breaker_type() -> None:
 def test_missing_pybreaker_gives_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pybreaker", None)
     monkeypatch.delitem(sys.modules, "resilience.policies.pybreaker_adapter")
-    with pytest.raises(ImportError, match=r"pip install 'resilience\[pybreaker\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'resilience-policies\[pybreaker\]'"):
         importlib.import_module("resilience.policies.pybreaker_adapter")

@@ -26,7 +26,7 @@ try:
     import yaml  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        f"resilience.config needs the 'config' extra ({exc.name} is missing): pip install 'resilience[config]'"
+        f"resilience.config needs the 'config' extra ({exc.name} is missing): pip install 'resilience-policies[config]'"
     ) from exc
 
 from .errors import ConfigError, ConfigIssue

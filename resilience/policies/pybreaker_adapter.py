@@ -2,7 +2,7 @@
 
 For users who already have pybreaker breakers (with their listeners and storages) and
 want them in a pipeline next to the other policies. Needs the optional dependency:
-``pip install 'resilience[pybreaker]'``.
+``pip install 'resilience-policies[pybreaker]'``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ try:
     import pybreaker
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "resilience.policies.pybreaker_adapter needs the pybreaker package: pip install 'resilience[pybreaker]'"
+        "resilience.policies.pybreaker_adapter needs the pybreaker package: "
+        "pip install 'resilience-policies[pybreaker]'"
     ) from exc
 
 from ..context import CallContext

@@ -60,7 +60,7 @@ try:
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "resilience.shared.redis_breaker needs the redis package: pip install 'resilience[redis]'"
+        "resilience.shared.redis_breaker needs the redis package: pip install 'resilience-policies[redis]'"
     ) from exc
 
 from .._validate import Seconds, seconds

@@ -60,7 +60,7 @@ def _exporters(endpoint: str, protocol: str) -> tuple[Any, Any]:
         package = "opentelemetry-exporter-otlp-proto-" + ("grpc" if protocol == "grpc" else "http")
         raise ImportError(
             f"exporting over OTLP ({protocol}) needs {package} and opentelemetry-sdk: "
-            f"pip install 'resilience[otlp]' (missing: {exc.name})"
+            f"pip install 'resilience-policies[otlp]' (missing: {exc.name})"
         ) from exc
     base = endpoint.rstrip("/")
     return HttpSpanExporter(endpoint=f"{base}/v1/traces"), HttpMetricExporter(endpoint=f"{base}/v1/metrics")
@@ -76,7 +76,8 @@ def _make_providers(endpoint: str, service_name: str | None, ratio: float, proto
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     except ImportError as exc:
         raise ImportError(
-            f"configure() with an OTLP endpoint needs opentelemetry-sdk: pip install 'resilience[otlp]' ({exc})"
+            "configure() with an OTLP endpoint needs opentelemetry-sdk: "
+            f"pip install 'resilience-policies[otlp]' ({exc})"
         ) from exc
     span_exporter, metric_exporter = _exporters(endpoint, protocol)
     resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})

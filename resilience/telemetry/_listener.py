@@ -10,6 +10,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import NoOpTracer
 
+from .. import __version__
 from ..context import CallContext
 from ..events import (
     AttemptEnded,
@@ -40,7 +41,7 @@ __all__ = ["OpenTelemetryListener"]
 
 _log = logging.getLogger("resilience")
 _SCOPE = "resilience"
-_VERSION = "0.1.0"
+_VERSION = __version__
 
 
 def _global_set(module: Any, name: str, get: Callable[[], object], proxy: type) -> bool:
