@@ -18,6 +18,7 @@ from resilience import (
     CircuitBreaker,
     ConcurrencyLimit,
     Fallback,
+    FaultInjection,
     FixedLimit,
     Gradient2,
     Hedge,
@@ -94,13 +95,18 @@ EVERY_OPTION: dict[str, Any] = {
                                                 "long_window": 100, "warmup": 5,
                                                 "queue_size": {"callable": f"{HERE}:queue_size"}}},
             "attempt_timeout": "1500ms",
+            "fault_injection": {"rate": 0.25, "delay": ["10ms", "50ms"], "error": "ConnectionError",
+                                "details": "chaos", "seed": 7, "name": "chaos"},
         },
         "b": {
             "fallback": {"value": {"cached": True}},
             "circuit_breaker": {"failure_threshold": 9},
+            "fault_injection": {"rate": 0.5, "http_status": 503},
             "concurrency_limit": {"algorithm": {"kind": "aimd", "initial_limit": 10, "min_limit": 2, "max_limit": 50,
                                                 "backoff_ratio": 0.6, "timeout": "3s"}},
         },
+        "d": {"fault_injection": {"rate": 1, "result": f"{HERE}:answer"}},
+        "e": {"fault_injection": {"grpc_code": "UNAVAILABLE", "rate": "0.1"}},
         "c": {"circuit_breaker": {"window_size": 50}, "concurrency_limit": 12, "hedge": {"delay": None,
                                                                                      "percentile": 0.5}},
     },
@@ -170,6 +176,15 @@ def test_every_option_round_trips_into_its_policy(every_option: Setup) -> None:
     b = _by_type(every_option, "b")
     assert b[Fallback].options.value == {"cached": True} and b[CircuitBreaker].options.failure_threshold == 9
     assert b[ConcurrencyLimit].options.algorithm == AIMD(10, min_limit=2, max_limit=50, backoff_ratio=0.6, timeout=3.0)
+    fault = a[FaultInjection]
+    assert (fault.name, fault.options.rate, fault.options.delay) == ("chaos", 0.25, (0.01, 0.05))
+    assert (fault.options.error, fault.options.details) == (ConnectionError, "chaos")
+    assert _by_type(every_option, "b")[FaultInjection].options.http_status == 503
+    assert _by_type(every_option, "d")[FaultInjection].options.result is answer
+    assert _by_type(every_option, "e")[FaultInjection].options.grpc_code == "UNAVAILABLE"
+    seeded = [FaultInjection(0.25, delay=0.01, seed=7), a[FaultInjection]]
+    assert [p.options.rate for p in seeded] == [0.25, 0.25]
+    assert seeded[0]._rng.getstate() == seeded[1]._rng.getstate()  # the config's seed
     c = _by_type(every_option, "c")
     assert c[CircuitBreaker].options.window_size == 50 and c[ConcurrencyLimit].options.algorithm == FixedLimit(12)
     assert c[Hedge].options.delay is None and c[Hedge].options.percentile == 0.5
@@ -212,13 +227,14 @@ def test_the_round_trip_config_sets_every_option() -> None:
 def test_policies_follow_the_readme_order_or_the_set_order() -> None:
     every = {kind: ({"seconds": 1} if "timeout" in kind else {}) for kind in POLICY_ORDER}
     every.update(fallback={"value": 1}, rate_limit={"rate": "5/second"}, token_bucket=5, bulkhead=2)
+    every.update(fault_injection={"delay": 0})
     reverse = {**every, "order": list(reversed(POLICY_ORDER))}
     setup = load({"policies": {"default": every, "reverse": reverse}}).setup()
     try:
         names = [type(p).__name__ for p in setup.pipeline("default").policies]
         assert names == [
             "Fallback", "Timeout", "Retry", "Hedge", "CircuitBreaker", "AdaptiveThrottle", "RateLimit",
-            "TokenBucket", "Bulkhead", "ConcurrencyLimit", "Timeout",
+            "TokenBucket", "Bulkhead", "ConcurrencyLimit", "Timeout", "FaultInjection",
         ]  # fmt: skip
         assert [type(p).__name__ for p in setup.pipeline("reverse").policies] == list(reversed(names))
         with pytest.raises(KeyError, match="no policy set 'nope'; the config defines: default, reverse"):

@@ -24,6 +24,7 @@ from resilience import (
     CircuitBreakerOptions,
     ConcurrencyLimitOptions,
     FallbackOptions,
+    FaultInjectionOptions,
     FixedLimit,
     Gradient2,
     HedgeOptions,
@@ -45,6 +46,7 @@ from resilience.config.schema_adapters import (
     RouteSection,
     TelemetrySection,
 )
+from resilience.config.schema_fault import FaultInjectionSection
 from resilience.config.schema_gates import (
     AdaptiveThrottleSection,
     AIMDSection,
@@ -96,6 +98,7 @@ COVERED: dict[type, tuple[type[BaseModel], dict[str, Any], set[str]]] = {
     PeakEwmaOptions: (PeakEwmaSection, {"kind": "peak_ewma"}, {"kind"}),
     OutlierEjectionOptions: (EjectionSection, {}, set()),
     ZonePreference: (ZoneSection, {"zone": "eu-1"}, set()),
+    FaultInjectionOptions: (FaultInjectionSection, {"delay": 0.5}, {"seed", "name"}),
 }
 
 BACKOFFS = {
@@ -240,7 +243,7 @@ def test_policy_set_has_one_field_per_kind_in_the_readme_order() -> None:
     assert POLICY_ORDER.index("timeout") < POLICY_ORDER.index("retry") < POLICY_ORDER.index("hedge")
     assert POLICY_ORDER.index("hedge") < POLICY_ORDER.index("circuit_breaker") < POLICY_ORDER.index("rate_limit")
     assert POLICY_ORDER.index("rate_limit") < POLICY_ORDER.index("bulkhead") < POLICY_ORDER.index("attempt_timeout")
-    assert POLICY_ORDER[0] == "fallback" and POLICY_ORDER[-1] == "attempt_timeout"
+    assert POLICY_ORDER[0] == "fallback" and POLICY_ORDER[-2:] == ("attempt_timeout", "fault_injection")
 
 
 def test_adapter_sections_cover_the_adapters_settings() -> None:

@@ -27,6 +27,7 @@ from ..policies.bulkhead import Bulkhead
 from ..policies.circuit_breaker import CircuitBreaker
 from ..policies.concurrency import ConcurrencyLimit
 from ..policies.fallback import Fallback
+from ..policies.fault import FaultInjection
 from ..policies.hedge import Hedge
 from ..policies.rate_limit import RateLimit
 from ..policies.retry import Retry
@@ -76,6 +77,8 @@ def build_policy(kind: str, section: Any, clock: Clock) -> Policy:
         return Bulkhead(options=section.options(), name=name)
     if kind == "concurrency_limit":
         return ConcurrencyLimit(options=section.options(), name=name)
+    if kind == "fault_injection":
+        return FaultInjection(options=section.options(), seed=section.seed, name=name)
     raise ValueError(f"unknown policy kind {kind!r}")
 
 
@@ -86,6 +89,8 @@ def _identity(kind: str, section: Any) -> tuple[Any, ...]:
         return (section.name, section.budget is None, *extra)
     if kind == "rate_limit":
         return (section.name, section.strategy, section.storage, section.async_storage, section.storage_options)
+    if kind == "fault_injection":
+        return (section.name, section.seed)
     return (section.name,)
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ._fields import Section
+from .schema_fault import FaultInjectionSection
 from .schema_gates import (
     AdaptiveThrottleSection,
     BulkheadSection,
@@ -33,9 +34,11 @@ POLICY_ORDER = (
     "bulkhead",
     "concurrency_limit",
     "attempt_timeout",
+    "fault_injection",
 )
 """The order a set's policies take, outermost first, unless the set gives ``order``: the
-README's "Policy order" (``timeout`` bounds the whole call, ``attempt_timeout`` each attempt)."""
+README's "Policy order" (``timeout`` bounds the whole call, ``attempt_timeout`` each attempt;
+``fault_injection``, innermost, stands for the backend)."""
 
 PolicyKind = Literal[
     "fallback",
@@ -49,13 +52,14 @@ PolicyKind = Literal[
     "bulkhead",
     "concurrency_limit",
     "attempt_timeout",
+    "fault_injection",
 ]
 
 
 class PolicySetSection(Section):
     """The policies of one pipeline. Each is optional; they are applied outermost first in the
     order ``fallback, timeout, retry, hedge, circuit_breaker, adaptive_throttle, rate_limit,
-    token_bucket, bulkhead, concurrency_limit, attempt_timeout``, or in ``order`` when given."""
+    token_bucket, bulkhead, concurrency_limit, attempt_timeout, fault_injection``, or in ``order`` when given."""
 
     fallback: FallbackSection | None = Field(default=None, description="the answer of last resort (outermost)")
     timeout: TimeoutSection | None = Field(default=None, description="a deadline over the whole call, retries included")
@@ -67,7 +71,10 @@ class PolicySetSection(Section):
     token_bucket: TokenBucketSection | None = Field(default=None, description="a local token bucket")
     bulkhead: BulkheadSection | None = Field(default=None, description="bound the calls in flight")
     concurrency_limit: ConcurrencyLimitSection | None = Field(default=None, description="an adaptive bulkhead")
-    attempt_timeout: TimeoutSection | None = Field(default=None, description="a deadline for each attempt (innermost)")
+    attempt_timeout: TimeoutSection | None = Field(default=None, description="a deadline for each attempt")
+    fault_injection: FaultInjectionSection | None = Field(
+        default=None, description="inject faults for tests and drills (innermost: stands for the backend)"
+    )
     order: list[PolicyKind] | None = Field(
         default=None, description="the policies of this set, outermost first (default: the order above)"
     )

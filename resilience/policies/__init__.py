@@ -24,6 +24,7 @@ from .concurrency import (
     LimitState,
 )
 from .fallback import Fallback, FallbackInput, FallbackOptions
+from .fault import FaultInjection, FaultInjectionOptions
 from .hedge import Hedge, HedgeAttemptFailed, HedgeOptions, HedgeStarted, HedgeWon
 from .rate_limit import (
     RATE_LIMIT_STRATEGIES,
@@ -63,6 +64,8 @@ __all__ = [
     "Fallback",
     "FallbackInput",
     "FallbackOptions",
+    "FaultInjection",
+    "FaultInjectionOptions",
     "FixedLimit",
     "Gradient2",
     "Hedge",
