@@ -82,5 +82,3 @@ class OnceAsyncStream(httpx.AsyncByteStream, _OnceBody):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-

@@ -184,5 +184,3 @@ class _PolicySet:
             raise TypeError(f"policy set {self.name!r}: the factory returned {made!r} for {service!r}, not a Pipeline")
         with self._lock:
             return self._pipelines.setdefault(service, made)
-
-

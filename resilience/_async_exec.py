@@ -146,7 +146,6 @@ def gate_async(gate: Gate, next: AsyncNext) -> AsyncNext:
     return gated_async
 
 
-
 def _gate_async_io(gate: Gate, aacquire: Any, next: AsyncNext) -> AsyncNext:
     release = gate.release
 

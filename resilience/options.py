@@ -54,9 +54,7 @@ class Reconfigurable(Generic[OptionsT]):
             TypeError: ``options`` is not this policy's options type.
         """
         if not isinstance(options, self.options_type):
-            raise TypeError(
-                f"{type(self).__name__}.reconfigure needs {self.options_type.__name__}, got {options!r}"
-            )
+            raise TypeError(f"{type(self).__name__}.reconfigure needs {self.options_type.__name__}, got {options!r}")
         self._reconfigure(options)
 
     def _reconfigure(self, options: OptionsT) -> None:

@@ -71,9 +71,7 @@ def test_a_breaker_per_endpoint_keeps_first_attempts_off_an_open_one() -> None:
         breakers[endpoint.address] = CircuitBreaker(failure_threshold=2, break_duration=10, clock=clock)
         return breakers[endpoint.address]
 
-    pool: EndpointPool[Any] = EndpointPool(
-        "svc", StaticDiscovery({"svc": ADDRESSES[:3]}), RoundRobin(), health=health
-    )
+    pool: EndpointPool[Any] = EndpointPool("svc", StaticDiscovery({"svc": ADDRESSES[:3]}), RoundRobin(), health=health)
     bad = ADDRESSES[0]
     # Two failures on the bad endpoint open its breaker.
     failures = 0

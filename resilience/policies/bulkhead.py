@@ -274,7 +274,6 @@ class Bulkhead(GateMixin, Reconfigurable[BulkheadOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-
     def __repr__(self) -> str:
         options = self._options
         return f"Bulkhead(max_concurrent={options.max_concurrent}, max_queue={options.max_queue})"

@@ -246,6 +246,5 @@ class ConcurrencyLimit(GateMixin, Reconfigurable[ConcurrencyLimitOptions], Polic
 
     # -- executors ------------------------------------------------------------------------
 
-
     def __repr__(self) -> str:
         return f"ConcurrencyLimit({self._options.algorithm!r}, limit={self._state.limit})"

@@ -352,7 +352,6 @@ class AdaptiveThrottle(GateMixin, Reconfigurable[AdaptiveThrottleOptions], Polic
 
     # -- executors ------------------------------------------------------------------------
 
-
     def __repr__(self) -> str:
         o = self._options
         return f"AdaptiveThrottle(k={o.k!r}, window={o.window!r}, buckets={o.buckets})"

@@ -49,7 +49,6 @@ may end a little early, never this early)."""
 _IGNORED = Outcome.IGNORED
 
 
-
 @dataclass(frozen=True, slots=True)
 class TokenBucketOptions(Options):
     """How a :class:`TokenBucket` admits calls.
@@ -426,7 +425,6 @@ class TokenBucket(GateMixin, Reconfigurable[TokenBucketOptions], Policy):
         return _rate_limited(self.name, ctx, rejection.detail or "", rejection.retry_after, rejection.reason)
 
     # -- executors ------------------------------------------------------------------------
-
 
     def __repr__(self) -> str:
         options = self._options

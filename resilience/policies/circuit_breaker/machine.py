@@ -524,7 +524,6 @@ class CircuitBreaker(GateMixin, Reconfigurable[CircuitBreakerOptions], Policy):
 
     # -- executors ------------------------------------------------------------------------
 
-
     def __repr__(self) -> str:
         options = self._options
         if self._window is None:

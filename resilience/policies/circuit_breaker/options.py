@@ -121,9 +121,7 @@ class CircuitBreakerOptions(Options):
         self.set(
             "half_open_max_calls", integer("half_open_max_calls", self.half_open_max_calls, minimum=1, maximum=10_000)
         )
-        self.set(
-            "half_open_max_wait", seconds("half_open_max_wait", self.half_open_max_wait, bounded=True)
-        )
+        self.set("half_open_max_wait", seconds("half_open_max_wait", self.half_open_max_wait, bounded=True))
         self.set("success_threshold", integer("success_threshold", self.success_threshold, minimum=1, maximum=10_000))
         if self.failure_on is not None:
             self.set("failure_predicate", error_predicate("failure_on", self.failure_on))
@@ -138,4 +136,3 @@ class CircuitBreakerOptions(Options):
     def window_shape(self) -> tuple[object, ...]:
         """What identifies the window: equal shapes can keep their counts across a reconfigure."""
         return (self.window_size, self.window_duration, self.window_buckets if self.window_duration else None)
-

@@ -20,6 +20,7 @@ __all__ = [
     "SharedCircuitState",
 ]
 
+
 class CircuitState(enum.Enum):
     """The states of a :class:`CircuitBreaker`."""
 

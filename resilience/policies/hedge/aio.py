@@ -119,8 +119,6 @@ class AsyncRace(Race):
             await asyncio.wait(pending)
 
 
-
-
 def hedge_async(policy: Hedge, next: AsyncNext) -> AsyncNext:
     """The async step that runs ``next`` hedged by ``policy``."""
 

@@ -263,5 +263,3 @@ def judge_result(ctx: CallContext, value: Any) -> tuple[bool, bool, BaseExceptio
         return False, classifier.retryable_result(value), None
     except Exception as exc:
         return False, False, exc
-
-

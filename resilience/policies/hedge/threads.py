@@ -171,7 +171,6 @@ class SyncRace(Race):
                 self.started(fork, now)
 
 
-
 def hedge_sync(policy: Hedge, next: SyncNext) -> SyncNext:
     """The sync step that runs ``next`` hedged by ``policy``."""
     pool = policy._pool
