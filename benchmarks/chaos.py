@@ -74,6 +74,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _chaos_chart
 from _chaos_clients import STACKS, describe_ours, make_client
 
 HERE = Path(__file__).resolve().parent
@@ -510,7 +511,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small run for smoke testing; its numbers mean little")
     parser.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
+    parser.add_argument(
+        "--markdown", metavar="FILE", help="also write the tables as markdown to FILE, and the chart next to it"
+    )
+    parser.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="write the PNG chart here (default: the --markdown file with .png; needs matplotlib)",
+    )
     args = parser.parse_args(argv)
+    if args.markdown and not args.chart:
+        args.chart = str(Path(args.markdown).with_suffix(".png"))
     args.fleets = _names(args.fleets, list(FLEETS), "fleets")
     args.stacks = _names(args.stacks, STACKS, "stacks")
     args.protocols = _names(args.protocols, PROTOCOLS, "protocols")
@@ -560,6 +571,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += [*recovery, ""]
     lines += goals(summaries)
     print("\n".join(lines))
+    rows = [
+        {
+            "protocol": s.first.protocol,
+            "fleet": s.first.fleet,
+            "stack": s.first.stack,
+            "requests": s.requests,
+            "success": s.success,
+            "p50": s.quantile(0.5),
+            "p99": s.quantile(0.99),
+            "attempts_per_request": s.attempts_per_request,
+        }
+        for s in summaries
+    ]
+    heading = f"chaos benchmark, {args.rounds} round(s) of {args.requests} requests at concurrency {args.concurrency}"
+    if args.markdown:
+        text = f"{heading}; {_versions()}\n\n{_chaos_chart.markdown(rows)}"
+        Path(args.markdown).write_text(text + "\n" + "\n".join(goals(summaries)) + "\n")
+        print(f"markdown: {args.markdown}")
+    if args.chart:
+        print(f"chart: {_chaos_chart.chart(rows, args.chart, title=heading)}")
     if args.json:
         figures = [
             {
