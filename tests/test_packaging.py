@@ -211,6 +211,8 @@ def test_import_resilience_needs_only_the_core_dependencies() -> None:
         ("interceptors.grpc_channel_aio", "grpc", "grpc"),
         ("interceptors.grpc_server", "grpc", "grpc"),
         ("interceptors.httpx", "httpx", "httpx"),
+        ("resilience.discovery.etcd", "httpx", "etcd"),
+        ("resilience.discovery.registration", "httpx", "etcd"),
         ("resilience.config", "pydantic", "config"),
         ("resilience.config", "yaml", "config"),
         ("resilience.shared.redis_breaker", "redis", "redis"),

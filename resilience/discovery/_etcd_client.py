@@ -13,7 +13,13 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the etcd backend (resilience.discovery.etcd, resilience.discovery.registration) needs the 'etcd' extra "
+        f"({exc.name} is missing): pip install 'resilience-policies[etcd]'"
+    ) from exc
 
 from ._etcd_config import EtcdConfig, EtcdError, parse_etcd_uri
 from ._etcd_core import (
