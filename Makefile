@@ -48,7 +48,16 @@ test-lowest: venv system-deps
 	$(LOWEST)/bin/python -m pip list --format=freeze | grep -iE '^(limits|opentelemetry-api|grpcio|httpx|redis|pybreaker|pydantic|pyyaml)=='
 	$(LOWEST)/bin/python -m pytest -q --ignore=tests/test_telemetry_grpc.py --ignore=tests/test_telemetry_http.py $(PYTEST_ARGS)
 
-demo: venv
+# The demo installs only what it uses (the `demo` extra), not the dev toolchain.
+$(VENV)/.demo-installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null && \
+		$(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) -m resilience.cli demo
 
 bench: venv

@@ -1,8 +1,11 @@
 """The ``resilience`` command.
 
-``resilience demo`` runs a short live demonstration: pipelines around a flaky in-process
-backend, printing what each policy decides as it happens. It needs no network, no etcd
-and no Redis.
+``resilience demo`` runs the live demonstration (:mod:`resilience.demo`, the ``demo`` extra):
+an embedded fleet of HTTP and gRPC replicas on loopback, a bare and a resilient client side
+by side, one call's trace and a summary (``--duration``, ``--no-live``; etcd discovery when
+``ETCD_ENDPOINTS`` is set). ``resilience demo --scenes [SCENE...]`` runs the narrated policy
+scenes instead: pipelines around a flaky in-process backend, printing what each policy
+decides as it happens; they need no network, no etcd and no Redis.
 
 ``resilience config check FILE`` checks a config file: it prints every problem and exits 1,
 or prints what the config sets up; ``resilience config schema`` prints the JSON Schema of
@@ -270,7 +273,9 @@ SCENES: dict[str, Callable[[Narrator], None]] = {
 }
 
 
-def demo(scenes: Sequence[str], out: TextIO = sys.stdout) -> int:
+def demo(scenes: Sequence[str], out: TextIO | None = None) -> int:
+    """Run the narrated scenes named, writing to ``out`` (default: ``sys.stdout`` at the call)."""
+    out = sys.stdout if out is None else out
     narrator = Narrator(out)
     out.write("resilience demo: policies at work around a flaky in-process backend\n")
     for name in scenes:
@@ -283,12 +288,52 @@ def demo(scenes: Sequence[str], out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def live_demo(duration: float, live: bool | None, seed: int, rate: float) -> int:
+    """The live demo (:mod:`resilience.demo`); ``live=None``: live when stdout is a terminal."""
+    try:
+        from .demo import run
+        from .demo.run import main_options
+    except ImportError as exc:
+        sys.stderr.write(f"resilience demo: {exc}\n")
+        return 1
+    try:
+        options = main_options(duration, live, seed, rate)
+    except ValueError as exc:
+        sys.stderr.write(f"resilience demo: {exc}\n")
+        return 2
+    return run(options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="resilience", description="Resilience policies for gRPC and httpx.")
     parser.add_argument("--version", action="version", version=f"resilience {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run_demo = commands.add_parser("demo", help="a live demonstration on an in-process backend")
-    run_demo.add_argument("scenes", nargs="*", metavar="SCENE", help=f"scenes to run (default: all of {list(SCENES)})")
+    run_demo = commands.add_parser("demo", help="a live demonstration: an embedded fleet, bare and resilient clients")
+    run_demo.add_argument(
+        "--duration", type=_positive, default=30.0, metavar="SECONDS", help="seconds of traffic (default 30)"
+    )
+    run_demo.add_argument(
+        "--no-live", dest="live", action="store_false", default=None,
+        help="plain periodic lines instead of the live view (the default when stdout is not a terminal)",
+    )  # fmt: skip
+    run_demo.add_argument("--seed", type=int, default=1, help="seed of the replicas' faults (default 1)")
+    run_demo.add_argument(
+        "--rate", type=_positive, default=40.0, help="calls per second of each of the four clients (default 40)"
+    )
+    run_demo.add_argument(
+        "--scenes", nargs="*", metavar="SCENE", default=None,
+        help=f"run the narrated policy scenes instead (default with no name: all of {list(SCENES)})",
+    )  # fmt: skip
     etcd_help = f"etcd URI (default $RESILIENCE_ETCD, else {DEFAULT_ETCD})"
     run_register = commands.add_parser("register", help="keep an instance registered in etcd until SIGTERM")
     run_register.add_argument("service", metavar="SERVICE")
@@ -313,10 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "endpoints":
         return endpoints(args)
     if args.command == "demo":
-        unknown = [s for s in args.scenes if s not in SCENES]
-        if unknown:
-            parser.error(f"unknown scene {unknown[0]!r}; choose from {', '.join(SCENES)}")
-        return demo(args.scenes or list(SCENES))
+        if args.scenes is not None:
+            unknown = [s for s in args.scenes if s not in SCENES]
+            if unknown:
+                parser.error(f"unknown scene {unknown[0]!r}; choose from {', '.join(SCENES)}")
+            return demo(args.scenes or list(SCENES))
+        return live_demo(args.duration, args.live, args.seed, args.rate)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
