@@ -10,6 +10,7 @@ that file: it is written into the block's directory, as a reader would save it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -24,6 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import resilience
 from resilience.config import loads
 
 from ._grpc_service import EchoService, _identity
@@ -231,3 +233,38 @@ def test_a_shell_block_works(block: Block, tmp_path: Path) -> None:
             assert done.returncode == 0, f"README.md:{block.line}: {' '.join(words)}:\n{done.stdout}{done.stderr}"
         else:
             pytest.fail(f"README.md:{block.line}: a command this test cannot check: {' '.join(words)}")
+
+
+def _defaults_rows() -> list[tuple[str, str]]:
+    section = README.read_text().split("### Defaults", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \| .*\|$", section, re.M)
+    assert len(rows) >= 14, rows
+    return rows
+
+
+def _declared(cls: type, name: str) -> str:
+    """A field's default as the table writes it: ``required``, a class's name, or its repr."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert name in fields, f"{cls.__name__} has no option {name!r}"
+    field = fields[name]
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "required"
+    return value.__name__ if isinstance(value, type) else repr(value)
+
+
+def test_the_defaults_table_matches_the_options_classes() -> None:
+    checked = 0
+    for policy, cell in _defaults_rows():
+        cls = getattr(resilience, f"{policy}Options")
+        for item in re.findall(r"`([^`]+)`", cell):
+            name, _, written = item.partition("=")
+            if not written:
+                assert cell.count(f"`{name}` required") == 1, f"{policy}: {item!r} is neither name=value nor required"
+                written = "required"
+            assert _declared(cls, name) == written, f"{policy}.{name}: the README says {written}"
+            checked += 1
+    assert checked >= 60
