@@ -12,6 +12,8 @@ puts their addresses in the environment (the config reads ``${GREETER_1}`` and
    idempotent (retried past the failures), ``CreateOrder`` is not (its failure reaches the caller);
 2. reloads a changed file that makes ``CreateOrder`` idempotent under the default set: the
    same channel and the same stub now retry it.
+
+It exits 1 if any of that did not happen.
 """
 
 from __future__ import annotations
@@ -83,13 +85,19 @@ def main() -> None:
             plain = grpc.intercept_channel(grpc.insecure_channel(servers[0][1]), setup.grpc_interceptor())
             with plain:
                 say_hello = plain.unary_unary(SAY_HELLO)
-                print("interceptor:", [say_hello(f"call {i}".encode(), timeout=5).decode() for i in range(3)])
+                answers = [say_hello(f"call {i}".encode(), timeout=5).decode() for i in range(3)]
+                print("interceptor:", answers)
+                assert answers == [f"hello, call {i}" for i in range(3)]
             # 1b. The discovery channel of service "greeter": its balancer, its endpoints.
             with setup.grpc_channel("greeter") as channel:
                 say_hello = channel.unary_unary(SAY_HELLO)
                 create_order = channel.unary_unary(CREATE_ORDER)
-                print("channel:", [say_hello(f"balanced {i}".encode(), timeout=5).decode() for i in range(3)])
-                print("CreateOrder (not idempotent):", [create(create_order, b"1"), create(create_order, b"2")])
+                answers = [say_hello(f"balanced {i}".encode(), timeout=5).decode() for i in range(3)]
+                print("channel:", answers)
+                assert answers == [f"hello, balanced {i}" for i in range(3)]
+                orders = [create(create_order, b"1"), create(create_order, b"2")]
+                print("CreateOrder (not idempotent):", orders)
+                assert orders == ["failed: UNAVAILABLE"] * 2  # not retried
 
                 # 1c. grpc.aio, through its interceptors.
                 async def aio_calls() -> list[str]:
@@ -98,14 +106,19 @@ def main() -> None:
                         call = aio.unary_unary(SAY_HELLO)
                         return [(await call(f"aio {i}".encode(), timeout=5)).decode() for i in range(3)]
 
-                print("aio:", asyncio.run(aio_calls()))
+                answers = asyncio.run(aio_calls())
+                print("aio:", answers)
+                assert answers == [f"hello, aio {i}" for i in range(3)]
 
                 # 2. A reload: CreateOrder becomes idempotent under the default set.
                 text = path.read_text().replace("idempotent = false           # never sent twice", "idempotent = true")
                 path.write_text(text.replace('policy = "writes"', 'policy = "default"'))
                 result = setup.reload(path)
                 print("reloaded:", result.applied, "; ".join(result.changes) or "(method settings)")
-                print("CreateOrder (now retried):", [create(create_order, b"3"), create(create_order, b"4")])
+                assert result.applied
+                orders = [create(create_order, b"3"), create(create_order, b"4")]
+                print("CreateOrder (now retried):", orders)
+                assert orders == ["order 3", "order 4"]
     finally:
         for server, _ in servers:
             server.stop(None)

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python examples/grpc_quickstart.py``
 It starts a server on 127.0.0.1 that fails every other call with UNAVAILABLE and sheds
 load past 50 calls per second (RESOURCE_EXHAUSTED with a ``grpc-retry-pushback-ms`` hint),
 then calls it through a plain channel with the resilience interceptor, and through the
-discovery-aware channel over two server instances.
+discovery-aware channel over two server instances. It exits 1 unless every call succeeded.
 """
 
 from __future__ import annotations
@@ -64,14 +64,18 @@ def main() -> None:
         # 1. Any existing channel: add the interceptor.
         channel = grpc.intercept_channel(grpc.insecure_channel(address_a), ResilienceInterceptor(policies))
         say_hello = channel.unary_unary(METHOD)
-        print([say_hello(f"call {i}".encode(), timeout=5) for i in range(3)])
+        answers = [say_hello(f"call {i}".encode(), timeout=5) for i in range(3)]
+        print("interceptor:", answers)
+        assert answers == [b"hello, call 0", b"hello, call 1", b"hello, call 2"]  # every failure retried
         channel.close()
 
         # 2. The discovery-aware channel: one sub-channel per endpoint, retries go elsewhere.
         discovery = StaticDiscovery({"greeter": [address_a, address_b]})
         with resilient_channel("greeter", discovery, RoundRobin(), policies) as balanced:
             say_hello = balanced.unary_unary(METHOD)
-            print([say_hello(f"balanced {i}".encode(), timeout=5) for i in range(3)])
+            answers = [say_hello(f"balanced {i}".encode(), timeout=5) for i in range(3)]
+            print("channel:", answers)
+            assert answers == [b"hello, balanced 0", b"hello, balanced 1", b"hello, balanced 2"]
     finally:
         server_a.stop(None)
         server_b.stop(None)

@@ -11,6 +11,8 @@ three), puts their addresses in the environment (the config reads ``${ORDERS_1}`
 3. watches a copy of the file, changes it (4 attempts, a longer deadline) and calls again:
    the new settings are in force, the breaker and the balancer kept their state;
 4. writes a bad copy: it is refused with its errors, and the config in force stays.
+
+It exits 1 if any of that did not happen.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import queue
 import shutil
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from resilience import CircuitBreaker, Retry
-from resilience.config import Setup, load
+from resilience.config import ReloadResult, Setup, load
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "http_client_config.yaml"
@@ -72,6 +74,13 @@ def retry_attempts(setup: Setup) -> int:
     return next(p for p in setup.pipeline("default").policies if isinstance(p, Retry)).options.attempts
 
 
+def replace(path: Path, text: str) -> None:
+    """Write ``text`` aside, then rename it over ``path``, as editors do (never half-written)."""
+    aside = path.with_suffix(".new")
+    aside.write_text(text)
+    aside.replace(path)
+
+
 def main() -> None:
     backends = [start(Orders), start(Flaky)]
     for i, server in enumerate(backends, 1):
@@ -87,32 +96,40 @@ def main() -> None:
             # 2. Calls by service name; a third of the flaky backend's answers are 503, retried.
             statuses = [client.get("http://orders/orders").status_code for _ in range(6)]
             print("sync GETs:", statuses)
-            print("sync POST:", client.post("http://orders/orders", json={"item": 1}).status_code)
+            assert statuses == [200] * 6
+            posted = client.post("http://orders/orders", json={"item": 1}).status_code
+            print("sync POST:", posted)
+            assert posted == 201
 
             async def async_calls() -> list[int]:
                 async with setup.httpx_client(async_=True) as aclient:
                     responses = await asyncio.gather(*(aclient.get("http://orders/orders") for _ in range(6)))
                     return [r.status_code for r in responses]
 
-            print("async GETs:", asyncio.run(async_calls()))
+            statuses = asyncio.run(async_calls())
+            print("async GETs:", statuses)
+            assert statuses == [200] * 6
 
             # 3. Hot reload: the watcher applies a changed file; the breaker is the same object.
             breaker = next(p for p in setup.pipeline("default").policies if isinstance(p, CircuitBreaker))
-            applied = threading.Event()
-            setup.watch_file(path, interval=0.05, on_reload=lambda result: applied.set())
+            results: queue.Queue[ReloadResult] = queue.Queue()  # what the watcher did with each change
+            setup.watch_file(path, interval=0.05, on_reload=results.put)
             text = path.read_text().replace("attempts: 3", "attempts: 4").replace("timeout: 5s", "timeout: 8s")
-            path.write_text(text)
-            applied.wait(10)
+            replace(path, text)
+            assert results.get(timeout=10).applied
             same = next(p for p in setup.pipeline("default").policies if isinstance(p, CircuitBreaker)) is breaker
             print(f"reloaded: retry attempts {retry_attempts(setup)}, same breaker: {same}")
-            print("after the reload:", [client.get("http://orders/orders").status_code for _ in range(3)])
+            assert retry_attempts(setup) == 4
+            assert same
+            statuses = [client.get("http://orders/orders").status_code for _ in range(3)]
+            print("after the reload:", statuses)
+            assert statuses == [200] * 3
 
             # 4. A bad file is refused, with every error; the config in force stays.
-            applied.clear()
-            path.write_text(text.replace("attempts: 4", "attempts: 0").replace("window_size: 50", "window_sise: 50"))
-            applied.wait(10)
-            time.sleep(0.05)
+            replace(path, text.replace("attempts: 4", "attempts: 0").replace("window_size: 50", "window_sise: 50"))
+            assert not results.get(timeout=10).applied
             print(f"bad file refused: retry attempts still {retry_attempts(setup)}, generation {setup.generation}")
+            assert (retry_attempts(setup), setup.generation) == (4, 2)
     finally:
         for server in backends:
             server.shutdown()

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python examples/httpx_quickstart.py``
 
 It starts two small local HTTP servers (on free 127.0.0.1 ports) that fail now and then,
 then calls them through ``httpx.Client`` and ``httpx.AsyncClient`` with a resilient
-transport, by their service name ``orders``.
+transport, by their service name ``orders``. It exits 1 unless every call succeeded and
+both backends served.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def policies(service: str) -> Pipeline:
 class Orders(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     calls = itertools.count()
+    ports: set[int] = set()  # the backends that answered a GET
 
     def do_GET(self) -> None:
         if next(self.calls) % 3 == 0:  # every third request fails: the retry hides it
             self._answer(503, b"busy\n", {"Retry-After": "0"})
         else:
+            self.ports.add(self.server.server_address[1])
             self._answer(200, f"order list from port {self.server.server_address[1]}\n".encode())
 
     def do_POST(self) -> None:
@@ -89,10 +92,13 @@ def sync_demo(discovery: StaticDiscovery) -> None:
     )
     with httpx.Client(transport=transport) as client:
         for _ in range(4):
-            print("sync GET  ->", client.get("http://orders/orders").text.strip())
+            response = client.get("http://orders/orders")
+            print("sync GET  ->", response.status_code, response.text.strip())
+            assert response.status_code == 200  # the 503s were retried away
         # POST is not retried unless the request says it is safe to repeat:
         response = client.post("http://orders/orders", json={"item": 1}, headers={"Idempotency-Key": "order-1"})
         print("sync POST ->", response.status_code, response.text.strip())
+        assert response.status_code == 201
 
 
 async def async_demo(discovery: StaticDiscovery) -> None:
@@ -100,11 +106,13 @@ async def async_demo(discovery: StaticDiscovery) -> None:
     async with httpx.AsyncClient(transport=transport) as client:
         responses = await asyncio.gather(*(client.get("http://orders/orders") for _ in range(4)))
         for response in responses:
-            print("async GET ->", response.text.strip())
+            print("async GET ->", response.status_code, response.text.strip())
+            assert response.status_code == 200
         # Per-request options: a tighter deadline, and an opt-in retry of a POST.
         options = {"resilience": {"timeout": 1.0, "idempotent": True}}
         response = await client.post("http://orders/orders", json={"item": 2}, extensions=options)
         print("async POST ->", response.status_code, response.text.strip())
+        assert response.status_code == 201
 
 
 def main() -> None:
@@ -114,11 +122,13 @@ def main() -> None:
         sync_demo(discovery)
         asyncio.run(async_demo(discovery))
     except ResilienceError as exc:  # an open breaker, a full bulkhead, a deadline...
-        print("gave up:", exc)
+        raise SystemExit(f"gave up: {exc}") from exc
     finally:
         for server in servers:
             server.shutdown()
             server.server_close()
+    served = {server.server_address[1] for server in servers}
+    assert Orders.ports == served, f"only {Orders.ports} of {served} served"  # balanced over both
 
 
 if __name__ == "__main__":

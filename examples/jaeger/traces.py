@@ -40,10 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from interceptors.grpc import MethodPolicy
 from interceptors.grpc_channel import resilient_channel
-from resilience import Constant, Fallback, Hedge, Pipeline, Retry, StaticDiscovery, Timeout
-from resilience.balancing.base import Balancer, untried
-from resilience.balancing.pool import EndpointState
-from resilience.context import CallContext
+from resilience import (
+    Balancer,
+    CallContext,
+    Constant,
+    EndpointState,
+    Fallback,
+    Hedge,
+    Pipeline,
+    Retry,
+    StaticDiscovery,
+    Timeout,
+)
 from resilience.telemetry import OpenTelemetryListener, configure
 
 SERVICE = "demo.Orders"
@@ -83,7 +91,8 @@ class InOrder(Balancer):
         self.rank = {address: i for i, address in enumerate(addresses)}
 
     def pick(self, candidates: Sequence[EndpointState[Any]], ctx: CallContext, now: float) -> EndpointState[Any]:
-        return min(untried(candidates, ctx), key=lambda s: self.rank.get(s.address, len(self.rank)))
+        fresh = [s for s in candidates if s.address not in (ctx.tried or ())] or candidates
+        return min(fresh, key=lambda s: self.rank.get(s.address, len(self.rank)))
 
 
 def pipeline(listener: OpenTelemetryListener | None, config: str | None) -> tuple[Pipeline, Any]:
@@ -143,8 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.etcd:
                 wait_for(channel, len(addresses))
             get = channel.unary_unary(METHOD)
-            print("retried and hedged:", get(b"42", timeout=5))
-            print("fell back:", get(b"43", timeout=5, metadata=(("x-demo-fail", "all"),)))
+            answer = get(b"42", timeout=5)
+            print("retried and hedged:", answer)
+            assert answer == b"order 42"  # from c, after a's and b's failures
+            answer = get(b"43", timeout=5, metadata=(("x-demo-fail", "all"),))
+            print("fell back:", answer)
+            assert answer == FALLBACK
     finally:
         for server, _ in replicas:
             server.stop(None)
