@@ -4,8 +4,9 @@ Run (with an etcd at hand)::
 
     ETCD_ENDPOINTS=127.0.0.1:2379 .venv/bin/python examples/etcd_discovery.py
 
-``ETCD_ENDPOINTS`` lists the etcd members, ``host:port`` separated by commas (default
-``127.0.0.1:2379``). The script uses a fresh key prefix of its own and leaves nothing behind.
+``ETCD_ENDPOINTS`` lists the etcd members, ``host:port`` or ``http://host:port``
+separated by commas, as for ``make demo`` (default ``127.0.0.1:2379``). The script uses
+a fresh key prefix of its own and leaves nothing behind.
 
 It starts two small HTTP replicas of service ``orders`` on free 127.0.0.1 ports and
 registers each one in etcd with a ``Registrator`` (a key under a lease, renewed in the
@@ -32,9 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from interceptors.httpx import ResilientTransport
-from resilience import Constant, Pipeline, Retry, RoundRobin, Timeout
-from resilience.discovery.etcd import EtcdDiscovery
-from resilience.discovery.registration import Registrator
+from resilience import Constant, EtcdDiscovery, Pipeline, Registrator, Retry, RoundRobin, Timeout
 
 
 class Replica(BaseHTTPRequestHandler):

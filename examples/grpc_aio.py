@@ -70,7 +70,7 @@ async def main() -> None:
         before = a.calls
         async with AioResilientChannel("greeter", discovery, RoundRobin(), policy) as balanced:
             say_hello = balanced.unary_unary(METHOD)
-            answers = list(await asyncio.gather(*(say_hello(f"balanced {i}".encode(), timeout=5) for i in range(4))))
+            answers = [await say_hello(f"balanced {i}".encode(), timeout=5) for i in range(4)]
         print("channel:", answers, f"(attempts: {a.calls - before} on a, {b.calls} on b)")
         assert answers == [f"hello, balanced {i}".encode() for i in range(4)]
         assert a.calls > before

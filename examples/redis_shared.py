@@ -5,7 +5,7 @@ Run (with a Redis at hand)::
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python examples/redis_shared.py
 
 ``REDIS_URL`` defaults to ``redis://127.0.0.1:6379/0``. The script's keys carry a fresh
-name of their own, so runs do not meet; they expire by themselves.
+name of their own, so runs do not meet; it deletes them at the end.
 
 It starts a small local HTTP backend with two services, ``search`` (answers) and
 ``payments`` (always 503), and two httpx clients, ``A`` and ``B``, each with policies of
@@ -32,6 +32,7 @@ from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import redis
 
 from interceptors.httpx import ResilientTransport
 from resilience import (
@@ -41,9 +42,9 @@ from resilience import (
     Pipeline,
     RateLimit,
     RateLimitedError,
+    RedisBreakerState,
     StaticDiscovery,
 )
-from resilience.shared.redis_breaker import RedisBreakerState
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN = uuid.uuid4().hex[:8]  # this run's names in Redis
@@ -113,6 +114,10 @@ def main() -> None:
     finally:
         backend.shutdown()
         backend.server_close()
+        with redis.Redis.from_url(REDIS_URL) as r:  # tidy up: this run's keys
+            keys = list(r.scan_iter(match=f"*{RUN}*"))
+            if keys:
+                r.delete(*keys)
 
 
 if __name__ == "__main__":
