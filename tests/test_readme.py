@@ -268,3 +268,20 @@ def test_the_defaults_table_matches_the_options_classes() -> None:
             assert _declared(cls, name) == written, f"{policy}.{name}: the README says {written}"
             checked += 1
     assert checked >= 60
+
+
+def _slug(title: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_the_contents_list_every_section() -> None:
+    text = README.read_text()
+    outside = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    headings = re.findall(r"^#{2,3} (.+)$", outside, re.M)
+    contents = outside.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    linked = re.findall(r"- \[(.+?)\]\(#([\w-]+)\)", contents)
+    assert [title for title, _ in linked] == [h for h in headings if h != "Contents"]
+    assert all(anchor == _slug(title) for title, anchor in linked)
+    for anchor in re.findall(r"\]\(#([\w-]+)\)", text):
+        assert anchor in {_slug(h) for h in headings}, f"a link to #{anchor}, no such section"
