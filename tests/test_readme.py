@@ -285,3 +285,24 @@ def test_the_contents_list_every_section() -> None:
     assert all(anchor == _slug(title) for title, anchor in linked)
     for anchor in re.findall(r"\]\(#([\w-]+)\)", text):
         assert anchor in {_slug(h) for h in headings}, f"a link to #{anchor}, no such section"
+
+
+def test_the_python_blocks_are_lint_clean(tmp_path: Path) -> None:
+    """The blocks pass the project's ruff rules and format (pytest's rules aside: they are not tests)."""
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed next to this interpreter")
+    for block in of("python"):
+        (tmp_path / f"readme_line{block.line}.py").write_text(block.code)
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    checked = subprocess.run(
+        [str(ruff), "check", *config, "--extend-ignore", "PT", "--output-format", "concise", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    formatted = subprocess.run(
+        [str(ruff), "format", *config, "--check", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
