@@ -382,8 +382,8 @@ class Demo:
         with _Signals(stop) as signals, ExitStack() as stack:
             self.fleet.start()
             stack.callback(self.fleet.stop)
-            self._header()
             discovery = self._discovery(stack)
+            self._header()
             provider, listener = self._telemetry()
             stack.callback(provider.shutdown)
             clients = make_clients(
@@ -412,7 +412,8 @@ class Demo:
             f"({o.workers} workers each), {where}"
         )
         for r in self.fleet.replicas:
-            self.say(f"  replica {r.name:<7} {r.address:<16} {r.role}")
+            reg = self.registrators.get(r.name)
+            self.say(f"  replica {r.name:<7} {r.address:<16} {r.role}" + (f", registered as {reg.key}" if reg else ""))
         kill, back = 0.3 * o.duration, 0.6 * o.duration
         self.say(f"  the flaky replicas die at {kill:.1f} s and come back at {back:.1f} s")
 

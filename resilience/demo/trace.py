@@ -81,9 +81,10 @@ def _attempt_label(span: ReadableSpan) -> str:
     if detail is None and _attr(a, "error.type"):
         detail = _error_name(_attr(a, "error.type"))
     took = _ms((span.end_time or 0) - (span.start_time or 0)) if span.end_time else "still running"
-    endpoint = _attr(a, "resilience.endpoint", "?")
+    endpoint = _attr(a, "resilience.endpoint")
+    where = f" -> {endpoint}" if endpoint else ""
     status = f"{outcome} ({detail})" if detail is not None else outcome
-    return f"attempt {_attr(a, 'resilience.attempt', '?')} ({which}) -> {endpoint}: {status} in {took}"
+    return f"attempt {_attr(a, 'resilience.attempt', '?')} ({which}){where}: {status} in {took}"
 
 
 def _event_label(name: str, a: Mapping[str, Any] | None) -> str | None:
