@@ -128,7 +128,8 @@ def environment(redis_server: RedisServer, etcd: EtcdServer) -> Iterator[dict[st
             "ORDERS_GRPC": grpc_servers[0][1],
             "ORDERS_GRPC_ENDPOINTS": ",".join(address for _, address in grpc_servers),
             "RESILIENCE_ETCD": f"etcd://127.0.0.1:{etcd.port}/services",
-            "REDIS_URL": redis_server.url,
+            # a database of its own: the session's Redis serves other tests too
+            "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/15",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         }
     finally:
