@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from resilience import Constant, FakeClock, Hedge, Pipeline, Retry
+from resilience.cli import main
 from resilience.demo import etcd_uri, make_fleet
 from resilience.demo.clients import Collector
 from resilience.demo.fleet import GRPC_METHOD, Behaviour, Fleet, Replica
@@ -132,6 +134,21 @@ def test_behaviour_is_seeded_and_checked() -> None:
         Fleet([Replica("x", "http", "healthy", Behaviour()), Replica("x", "grpc", "healthy", Behaviour())])
     with pytest.raises(ValueError, match="protocol must be 'http' or 'grpc', got 'udp'"):
         Fleet([Replica("x", "udp", "healthy", Behaviour())])
+
+
+def test_without_rich_the_demo_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "resilience.demo" or m.startswith("resilience.demo.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich raises ImportError
+    with pytest.raises(
+        ImportError, match=r"the 'demo' extra \(rich is missing\): pip install 'resilience-policies\[demo\]'"
+    ):
+        importlib.import_module("resilience.demo")
+    assert main(["demo", "--duration", "1"]) == 1
+    assert "pip install 'resilience-policies[demo]'" in capsys.readouterr().err
+    assert main(["demo", "--scenes", "ratelimit"]) == 0  # the scenes need nothing of it
 
 
 # -- the stats window ---------------------------------------------------------------------------

@@ -139,7 +139,8 @@ class Collector(CallListener):
             )
         elif isinstance(event, HedgeStarted):
             self.hedges[protocol] += 1
-            self.note(protocol, f"hedge #{event.hedge} sent {event.delay * 1000:.0f} ms into the call")
+            why = "an attempt failed" if event.delay < HEDGE_DELAY else f"no answer in {HEDGE_DELAY * 1000:.0f} ms"
+            self.note(protocol, f"hedge #{event.hedge} sent {event.delay * 1000:.0f} ms into the call ({why})")
         elif isinstance(event, HedgeWon):
             self.hedges_won[protocol] += 1
         elif isinstance(event, RetryGaveUp):

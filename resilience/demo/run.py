@@ -500,15 +500,30 @@ class Demo:
 
     def _sentence(self, protocol: str, bare: Snapshot, ours: Snapshot) -> str:
         c = self.collector
-        errors = self.stats["bare", protocol].errors.most_common(2)
-        why = ", ".join(f"{n} {e}" for e, n in errors) or "none"
+        errors = self.stats["bare", protocol].errors.most_common(3)
+        why = ", ".join(f"{n} {e}" for e, n in errors)
         lost_bare, lost_ours = bare.calls - bare.ok, ours.calls - ours.ok
-        return (
-            f"{protocol}: the bare client lost {lost_bare} of {bare.calls} calls ({why}) with p99 {_ms(bare.p99)}; "
-            f"the resilient one lost {lost_ours} of {ours.calls}, with {c.retries[protocol]} retries, "
-            f"{c.hedges[protocol]} hedges ({c.hedges_won[protocol]} won) and {c.ejections[protocol]} ejections "
-            f"(p99 {_ms(ours.p99)}, {ours.attempts_per_call or 0:.2f} attempts per call)."
-        )
+        names = {r.role: r.name for r in self.fleet.of(protocol)}
+        share = self.shares.share(protocol, "resilient", recent=False)
+        favourite = max(share, key=lambda n: share[n]) if share else None
+
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        text = f"{protocol}: the bare client lost {lost_bare} of {bare.calls} calls"
+        text += f" ({why})" if why else ""
+        text += f" and waited on {names.get('slow tail', '?')}'s slow tail (p99 {_ms(bare.p99)}); "
+        text += f"the resilient one lost {lost_ours} of {ours.calls}"
+        if favourite is not None:
+            text += f", sent {share[favourite] * 100:.0f}% of its calls to {favourite} (Peak-EWMA)"
+        text += (
+            f", hid failures and the tail with {n(c.hedges[protocol], 'hedge')} ({c.hedges_won[protocol]} won) and "
+            f"{n(c.retries[protocol], 'retry')}"
+        ).replace("retrys", "retries")
+        text += f", ejected a replica {c.ejections[protocol]} time{'' if c.ejections[protocol] == 1 else 's'}"
+        per = ours.attempts_per_call
+        text += f" (p99 {_ms(ours.p99)}, {per or 0:.2f} attempts per call)."
+        return text
 
 
 def run(options: DemoOptions) -> int:

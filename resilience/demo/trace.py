@@ -101,10 +101,11 @@ def _event_label(name: str, a: Mapping[str, Any] | None) -> str | None:
         hedge = int(_attr(a, "resilience.hedge", 0))
         return f"{'hedge #' + str(hedge) if hedge else 'the primary'} answered first; the others are cancelled"
     if name == "resilience.hedge.attempt_failed":
-        error = _error_name(_attr(a, "error.type"))
+        error = _attr(a, "error.type")
         hedge = int(_attr(a, "resilience.hedge", 0))
         which = f"hedge #{hedge}" if hedge else "the primary"
-        return f"hedge race: {which} failed ({error}), another attempt answers the call"
+        why = f" ({_error_name(error)})" if error else ""
+        return f"hedge race: {which} failed{why}, another attempt answers the call"
     if name == "resilience.rejected":
         return f"rejected by {_attr(a, 'resilience.rejected_by')}: {_attr(a, 'resilience.reason')}"
     if name == "resilience.circuit.state_changed":
@@ -155,7 +156,7 @@ def build_tree(spans: Sequence[ReadableSpan]) -> TraceNode:
         if label is None:
             continue
         if event.name == "resilience.hedge" and any(end is not None and end <= event.timestamp for end in failed_at):
-            label += " (an attempt had failed: the next hedge goes at once)"
+            label += " (an attempt had failed: the hedge goes at once)"
         rows.append((event.timestamp, TraceNode(label)))
     rows.sort(key=lambda row: row[0])
     for at, node in rows:
