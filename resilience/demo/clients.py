@@ -230,7 +230,11 @@ def _balancer() -> PeakEwma:
     return PeakEwma(ejection=OutlierEjection(consecutive_failures=5, base_ejection_time=2.0))
 
 
-def _breakers(collector: Collector, listeners: list[Listener]) -> Callable[[Endpoint], CircuitBreaker]:
+def _breakers(collector: Collector) -> Callable[[Endpoint], CircuitBreaker]:
+    def outside_calls(event: Event) -> None:
+        if event.context is None:  # a transition a call caused reaches the pipeline's listeners already
+            collector(event)
+
     def make(endpoint: Endpoint) -> CircuitBreaker:
         collector.breakers.setdefault(endpoint.address, CircuitState.CLOSED)
         return CircuitBreaker(
@@ -238,7 +242,7 @@ def _breakers(collector: Collector, listeners: list[Listener]) -> Callable[[Endp
             window_size=20,
             minimum_calls=10,
             break_duration=2.0,
-            listeners=listeners,
+            listeners=[outside_calls],
             name=f"breaker {endpoint.address}",
         )
 
@@ -251,7 +255,7 @@ class ResilientHttp:
             pipeline=resilient_pipeline(listeners),
             discovery=discovery,
             balancer=_balancer(),
-            endpoint_health=_breakers(collector, listeners),
+            endpoint_health=_breakers(collector),
         )
         self.client = httpx.Client(transport=self.transport, timeout=TOTAL, headers={CLIENT_HEADER: "resilient"})
 
@@ -269,7 +273,7 @@ class ResilientGrpc:
             discovery,
             _balancer(),
             MethodPolicy(resilient_pipeline(listeners), idempotent=True),
-            endpoint_health=_breakers(collector, listeners),
+            endpoint_health=_breakers(collector),
         )
         self.unary = self.channel.unary_unary(GRPC_METHOD)
 

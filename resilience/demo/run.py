@@ -268,7 +268,7 @@ class Demo:
                 spread = " ".join(f"{n.rsplit('-', 1)[1]} {v * 100:3.0f}%" for n, v in share.items())
                 extra = ""
                 if client == "resilient":
-                    extra = f" | retries {c.retries[p]} hedges {c.hedges[p]} ejections {c.ejections[p]}"
+                    extra = f" | so far: retries {c.retries[p]} hedges {c.hedges[p]} ejections {c.ejections[p]}"
                 lines.append(
                     f"  {p:>4} {client:<9} last 5 s: {s.calls:4d} calls {_pct(s.success):>6} ok "
                     f"p50 {_ms(s.p50):>9} p99 {_ms(s.p99):>9} | replicas {spread}{extra}"
@@ -520,6 +520,8 @@ class Demo:
             f", hid failures and the tail with {n(c.hedges[protocol], 'hedge')} ({c.hedges_won[protocol]} won) and "
             f"{n(c.retries[protocol], 'retry')}"
         ).replace("retrys", "retries")
+        if c.hedges[protocol] and not c.retries[protocol]:
+            text += " (no retry was needed: a failed attempt starts the hedge at once)"
         text += f", ejected a replica {c.ejections[protocol]} time{'' if c.ejections[protocol] == 1 else 's'}"
         per = ours.attempts_per_call
         text += f" (p99 {_ms(ours.p99)}, {per or 0:.2f} attempts per call)."
