@@ -283,7 +283,7 @@ class _Run:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "resilience.cli", "demo", "--no-live", *args],
+            [sys.executable, "-m", "resilience.cli", "demo", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -358,9 +358,10 @@ def _lost(text: str, protocol: str) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def test_a_short_run_prints_the_trace_and_the_summary_and_the_resilient_client_wins() -> None:
-    with _Run("--duration", "4") as run:
+    with _Run("--duration", "4") as run:  # stdout is a pipe: plain lines without --no-live
         code, text = run.finish()
     assert code == 0, text
+    assert "\x1b[" not in text and re.search(r"^\[ *2\.\ds\] ", text, re.M), text
     assert "one call's trace" in text and re.search(
         r"[├└]── \+ *[\d.]+ ms  attempt 1 \(primary\) -> 127\.0\.0\.1:", text
     )
@@ -376,7 +377,7 @@ def test_a_short_run_prints_the_trace_and_the_summary_and_the_resilient_client_w
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_everything_and_prints_the_summary_so_far(sig: signal.Signals, code: int) -> None:
-    with _Run("--duration", "60") as run:
+    with _Run("--no-live", "--duration", "60") as run:
         run.until(r"^\[ *\d+\.\ds\] ")  # the first periodic line: the traffic flows
         run.proc.send_signal(sig)
         status, text = run.finish(timeout=20)
@@ -391,7 +392,7 @@ def test_a_signal_stops_everything_and_prints_the_summary_so_far(sig: signal.Sig
 @pytest.mark.etcd
 def test_with_etcd_the_replicas_register_and_are_gone_after(etcd_server: EtcdServer) -> None:
     with (
-        _Run("--duration", "6", env={"ETCD_ENDPOINTS": etcd_server.url}) as run,
+        _Run("--no-live", "--duration", "6", env={"ETCD_ENDPOINTS": etcd_server.url}) as run,
         EtcdClient(f"etcd://127.0.0.1:{etcd_server.port}") as client,
     ):
 

@@ -131,6 +131,12 @@ class _Signals:
         if self.received is None:
             self.received = signum
         self.stop.set()
+        self._restore()  # a second Ctrl-C does what it did before (stops the process at once)
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
@@ -139,8 +145,7 @@ class _Signals:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        self._restore()
 
 
 class Traffic:
