@@ -1,6 +1,6 @@
 """The ``resilience`` command.
 
-``resilience demo`` runs the live demonstration (:mod:`resilience.demo`, the ``demo`` extra):
+``resilience demo`` runs the live demonstration (:mod:`resilience._demo`, the ``demo`` extra):
 an embedded fleet of HTTP and gRPC replicas on loopback, a bare and a resilient client side
 by side, one call's trace and a summary (``--duration``, ``--no-live``; etcd discovery when
 ``ETCD_ENDPOINTS`` is set). ``resilience demo --scenes [SCENE...]`` runs the narrated policy
@@ -299,10 +299,10 @@ def _positive(text: str) -> float:
 
 
 def live_demo(duration: float, live: bool | None, seed: int, rate: float) -> int:
-    """The live demo (:mod:`resilience.demo`); ``live=None``: live when stdout is a terminal."""
+    """The live demo (:mod:`resilience._demo`); ``live=None``: live when stdout is a terminal."""
     try:
-        from .demo import run
-        from .demo.run import main_options
+        from ._demo import run
+        from ._demo.run import main_options
     except ImportError as exc:
         sys.stderr.write(f"resilience demo: {exc}\n")
         return 1

@@ -23,13 +23,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from resilience import Constant, FakeClock, Hedge, Pipeline, Retry
+from resilience._demo import etcd_uri, make_fleet
+from resilience._demo.clients import Collector
+from resilience._demo.fleet import GRPC_METHOD, Behaviour, Fleet, Replica
+from resilience._demo.run import ETCD_PREFIX
+from resilience._demo.stats import Stats, percentile
+from resilience._demo.trace import TraceKeeper, build_tree
 from resilience.cli import main
-from resilience.demo import etcd_uri, make_fleet
-from resilience.demo.clients import Collector
-from resilience.demo.fleet import GRPC_METHOD, Behaviour, Fleet, Replica
-from resilience.demo.run import ETCD_PREFIX
-from resilience.demo.stats import Stats, percentile
-from resilience.demo.trace import TraceKeeper, build_tree
 from resilience.discovery.etcd import EtcdClient
 from resilience.telemetry import OpenTelemetryListener
 
@@ -139,13 +139,13 @@ def test_behaviour_is_seeded_and_checked() -> None:
 def test_without_rich_the_demo_names_the_extra_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in [m for m in sys.modules if m == "resilience.demo" or m.startswith("resilience.demo.")]:
+    for name in [m for m in sys.modules if m == "resilience._demo" or m.startswith("resilience._demo.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "rich", None)  # import rich raises ImportError
     with pytest.raises(
         ImportError, match=r"the 'demo' extra \(rich is missing\): pip install 'resilience-policies\[demo\]'"
     ):
-        importlib.import_module("resilience.demo")
+        importlib.import_module("resilience._demo")
     assert main(["demo", "--duration", "1"]) == 1
     assert "pip install 'resilience-policies[demo]'" in capsys.readouterr().err
     assert main(["demo", "--scenes", "ratelimit"]) == 0  # the scenes need nothing of it
