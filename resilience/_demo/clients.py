@@ -105,6 +105,7 @@ class Collector(CallListener):
     protocols: dict[str, str] = field(
         default_factory=lambda: {HTTP_SERVICE: "http", GRPC_SERVICE_NAME: "grpc", GRPC_SERVICE: "grpc"}
     )
+    addresses: dict[str, str] = field(default_factory=dict)  # a breaker's endpoint -> its protocol
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -112,7 +113,13 @@ class Collector(CallListener):
 
     def _protocol(self, event: Event) -> str:
         ctx = event.context
-        return self.protocols.get(ctx.service, ctx.service) if ctx is not None else "?"
+        if ctx is not None:
+            return self.protocols.get(ctx.service, ctx.service)
+        return self.addresses.get(event.policy.removeprefix("breaker "), "?")
+
+    def _bump(self, counter: Counter[str], protocol: str) -> None:
+        with self.lock:  # listeners run on many threads at once
+            counter[protocol] += 1
 
     def note(self, protocol: str, text: str, loud: bool = False) -> None:
         line = f"{time.monotonic() - self.start:5.1f}s {protocol:>4} {text}"
@@ -126,34 +133,34 @@ class Collector(CallListener):
     def __call__(self, event: Event) -> None:
         protocol = self._protocol(event)
         if isinstance(event, AttemptStarted):
-            self.attempts[protocol] += 1
+            self._bump(self.attempts, protocol)
             stats = self.stats.get(protocol)
             if stats is not None:
                 stats.attempted()
         elif isinstance(event, AttemptEnded):
             return
         elif isinstance(event, RetryScheduled):
-            self.retries[protocol] += 1
+            self._bump(self.retries, protocol)
             self.note(
                 protocol, f"retry: attempt {event.attempt} {_short(event.error)}, again in {event.delay * 1000:.0f} ms"
             )
         elif isinstance(event, HedgeStarted):
-            self.hedges[protocol] += 1
+            self._bump(self.hedges, protocol)
             why = "an attempt failed" if event.delay < HEDGE_DELAY else f"no answer in {HEDGE_DELAY * 1000:.0f} ms"
             self.note(protocol, f"hedge #{event.hedge} sent {event.delay * 1000:.0f} ms into the call ({why})")
         elif isinstance(event, HedgeWon):
-            self.hedges_won[protocol] += 1
+            self._bump(self.hedges_won, protocol)
         elif isinstance(event, RetryGaveUp):
-            self.gave_up[protocol] += 1
+            self._bump(self.gave_up, protocol)
             self.note(protocol, f"retry gave up after attempt {event.attempt}: {event.reason}")
         elif isinstance(event, CircuitStateChanged):
             address = event.policy.removeprefix("breaker ")
             self.breakers[address] = event.new
             self.note(protocol, f"breaker {address}: {event.old.value} -> {event.new.value} ({event.reason})", True)
         elif isinstance(event, CircuitRejected):
-            self.breaker_rejections[protocol] += 1
+            self._bump(self.breaker_rejections, protocol)
         elif isinstance(event, EndpointEjected):
-            self.ejections[protocol] += 1
+            self._bump(self.ejections, protocol)
             self.ejected.add(event.address)
             self.note(
                 protocol,
@@ -230,13 +237,14 @@ def _balancer() -> PeakEwma:
     return PeakEwma(ejection=OutlierEjection(consecutive_failures=5, base_ejection_time=2.0))
 
 
-def _breakers(collector: Collector) -> Callable[[Endpoint], CircuitBreaker]:
+def _breakers(collector: Collector, protocol: str) -> Callable[[Endpoint], CircuitBreaker]:
     def outside_calls(event: Event) -> None:
         if event.context is None:  # a transition a call caused reaches the pipeline's listeners already
             collector(event)
 
     def make(endpoint: Endpoint) -> CircuitBreaker:
         collector.breakers.setdefault(endpoint.address, CircuitState.CLOSED)
+        collector.addresses[endpoint.address] = protocol
         return CircuitBreaker(
             failure_rate=0.5,
             window_size=20,
@@ -255,7 +263,7 @@ class ResilientHttp:
             pipeline=resilient_pipeline(listeners),
             discovery=discovery,
             balancer=_balancer(),
-            endpoint_health=_breakers(collector),
+            endpoint_health=_breakers(collector, "http"),
         )
         self.client = httpx.Client(transport=self.transport, timeout=TOTAL, headers={CLIENT_HEADER: "resilient"})
 
@@ -273,7 +281,7 @@ class ResilientGrpc:
             discovery,
             _balancer(),
             MethodPolicy(resilient_pipeline(listeners), idempotent=True),
-            endpoint_health=_breakers(collector),
+            endpoint_health=_breakers(collector, "grpc"),
         )
         self.unary = self.channel.unary_unary(GRPC_METHOD)
 

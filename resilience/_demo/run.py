@@ -372,14 +372,16 @@ class Demo:
         if self.etcd is not None:
             self._deregister(replica)
         self.fleet.kill(name)
-        self.collector.note(replica.protocol, f"{name} died: {replica.address} refuses connections", True)
+        gone = ", its etcd lease revoked" if self.etcd is not None else ""
+        self.collector.note(replica.protocol, f"{name} died: {replica.address} refuses connections{gone}", True)
 
     def _revive(self, name: str) -> None:
         replica = self.fleet[name]
         self.fleet.revive(name)
         if self.etcd is not None:
             self._register(replica)
-        self.collector.note(replica.protocol, f"{name} is back on {replica.address}", True)
+        again = ", registered again" if self.etcd is not None else ""
+        self.collector.note(replica.protocol, f"{name} is back on {replica.address}{again}", True)
 
     def run(self) -> int:
         o = self.options
