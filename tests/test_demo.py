@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import queue
@@ -21,12 +22,13 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from rich.console import Console
 
 from resilience import Constant, FakeClock, Hedge, Pipeline, Retry
 from resilience._demo import etcd_uri, make_fleet
 from resilience._demo.clients import Collector
 from resilience._demo.fleet import GRPC_METHOD, Behaviour, Fleet, Replica
-from resilience._demo.run import ETCD_PREFIX
+from resilience._demo.run import ETCD_PREFIX, Demo, DemoOptions
 from resilience._demo.stats import Stats, percentile
 from resilience._demo.trace import TraceKeeper, build_tree
 from resilience.cli import main
@@ -192,6 +194,39 @@ def test_etcd_endpoints_become_a_uri_under_the_demo_prefix() -> None:
         etcd_uri(" , ")
     with pytest.raises(ValueError, match="mixes http and https"):
         etcd_uri("http://a:1,https://b:2")
+
+
+def test_bad_etcd_endpoints_are_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ETCD_ENDPOINTS", "etcd-1")
+    assert main(["demo", "--duration", "1"]) == 2
+    assert "ETCD_ENDPOINTS: 'etcd-1' must be host:port or http[s]://host:port" in capsys.readouterr().err
+
+
+def test_an_etcd_that_does_not_answer_ends_the_run_cleanly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it
+    with _Run("--no-live", "--duration", "5", env={"ETCD_ENDPOINTS": f"127.0.0.1:{port}"}) as run:
+        code, text = run.finish()
+    assert code == 1, text
+    assert f"resilience demo: etcd at etcd://127.0.0.1:{port}/resilience-demo: " in text
+    assert "Traceback" not in text
+
+
+def test_the_live_view_renders_the_tables() -> None:
+    out = io.StringIO()
+    demo = Demo(DemoOptions(duration=1, live=False, out=out))
+    demo.stats["bare", "http"].add(time.monotonic(), False, 0.01, error="HTTP 503")
+    demo.collector.note("grpc", "hedge #1 sent 50 ms into the call")
+    console = Console(file=out, width=160)
+    console.print(demo.view(time.monotonic()))
+    text = out.getvalue()
+    for title in ("resilience demo", "replicas", "resilient client's policies", "events (resilient clients)"):
+        assert title in text
+    assert "DOWN (refusing)" in text  # the fleet is not started
+    assert "0.0%" in text and "hedge #1 sent 50 ms into the call" in text
 
 
 # -- the trace tree -----------------------------------------------------------------------------

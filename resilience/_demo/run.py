@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..discovery import Discovery, Endpoint, StaticDiscovery
+from ..errors import ResilienceError
 from .clients import GRPC_SERVICE_NAME, HTTP_SERVICE, Client, Collector, describe_error, make_clients
 from .fleet import Behaviour, Fleet, Replica
 from .stats import Snapshot, Stats
@@ -73,6 +74,8 @@ class DemoOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         if not self.interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {self.interval!r}")
+        if self.etcd is not None:
+            etcd_uri(self.etcd)  # a malformed ETCD_ENDPOINTS fails here, naming the bad entry
 
 
 def etcd_uri(endpoints: str) -> str:
@@ -389,7 +392,11 @@ class Demo:
         with _Signals(stop) as signals, ExitStack() as stack:
             self.fleet.start()
             stack.callback(self.fleet.stop)
-            discovery = self._discovery(stack)
+            try:
+                discovery = self._discovery(stack)
+            except ResilienceError as exc:  # etcd did not answer, or refused
+                self.say(f"resilience demo: etcd at {self.etcd}: {exc}")
+                return 1
             self._header()
             provider, listener = self._telemetry()
             stack.callback(provider.shutdown)
