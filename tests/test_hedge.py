@@ -561,9 +561,10 @@ async def test_the_winning_hedge_latency_is_sampled(clock: FakeClock) -> None:
 # -- sync, with small real delays -----------------------------------------------------------
 
 
-def _pool_threads() -> list[threading.Thread]:
-    # Other tests' threads may still be winding down: only the hedge pool's own count here.
-    return [t for t in threading.enumerate() if t.name.startswith("hedge-worker")]
+def _pool_threads(name: str) -> list[threading.Thread]:
+    # Other tests' threads may still be winding down, and other hedges' pools may live on:
+    # only this test's hedge pool counts here (its workers are named after the hedge).
+    return [t for t in threading.enumerate() if t.name.startswith(f"{name}-worker")]
 
 
 def test_sync_hedge_wins_and_the_abandoned_primary_result_is_discarded() -> None:
@@ -571,7 +572,7 @@ def test_sync_hedge_wins_and_the_abandoned_primary_result_is_discarded() -> None
     events: list[Event] = []
     release_primary = threading.Event()
     primary_done = threading.Event()
-    with Hedge(0.02, budget=None) as hedge:
+    with Hedge(0.02, budget=None, name="hedge-wins") as hedge:
         pipeline = Pipeline(hedge, classifier=classifier, listeners=[events.append])
 
         def attempt(ctx: CallContext) -> str:
@@ -596,7 +597,7 @@ def test_sync_hedge_wins_and_the_abandoned_primary_result_is_discarded() -> None
         assert classifier.discarded == ["primary-late"]
         assert hedge.threads == 2
     assert hedge.threads == 0
-    assert _pool_threads() == []
+    assert _pool_threads("hedge-wins") == []
 
 
 def test_sync_primary_before_the_delay_sends_no_hedge() -> None:
@@ -673,7 +674,7 @@ def test_sync_non_idempotent_runs_on_the_caller_thread() -> None:
 
 
 def test_sync_calls_after_close_run_unhedged_and_leave_no_thread() -> None:
-    hedge = Hedge(0.005, budget=None, max_workers=8)
+    hedge = Hedge(0.005, budget=None, max_workers=8, name="hedge-closed")
     pipeline = Pipeline(hedge)
     release = threading.Event()
 
@@ -692,7 +693,7 @@ def test_sync_calls_after_close_run_unhedged_and_leave_no_thread() -> None:
         release.set()
         hedge.close()
     assert hedge.threads == 0
-    assert _pool_threads() == []
+    assert _pool_threads("hedge-closed") == []
     runners: list[threading.Thread] = []
 
     def slow(ctx: CallContext) -> int:
@@ -702,7 +703,7 @@ def test_sync_calls_after_close_run_unhedged_and_leave_no_thread() -> None:
 
     assert pipeline.execute(slow, pipeline.context()) == 0  # unhedged, on the caller's thread
     assert runners == [threading.current_thread()]
-    assert _pool_threads() == []
+    assert _pool_threads("hedge-closed") == []
 
 
 # -- options -----------------------------------------------------------------------------
