@@ -41,15 +41,17 @@ def _is_attempt(span: ReadableSpan) -> bool:
     return span.kind is SpanKind.CLIENT and span.attributes is not None and "resilience.attempt" in span.attributes
 
 
-def interest(spans: Sequence[ReadableSpan]) -> tuple[int, int, int]:
-    """How interesting a trace is: (retried and hedged, outcome success, attempts); higher is better."""
+def interest(spans: Sequence[ReadableSpan]) -> tuple[int, int, int, int]:
+    """How interesting a trace is: (retried and hedged, outcome success, attempts, kinds of
+    decision and outcome seen); higher is better."""
     attempts = sum(1 for s in spans if _is_attempt(s))
     events = {e.name for s in spans for e in s.events}
     retried = "resilience.retry" in events
     hedged = "resilience.hedge" in events
     root = _root(spans)
     ok = root is not None and (root.attributes or {}).get("resilience.outcome") == "success"
-    return (retried + hedged, int(ok), attempts)
+    outcomes = {(s.attributes or {}).get("resilience.outcome") for s in spans if _is_attempt(s)}
+    return (retried + hedged, int(ok), attempts, len(events) + len(outcomes))
 
 
 def _root(spans: Sequence[ReadableSpan]) -> ReadableSpan | None:
