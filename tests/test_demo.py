@@ -22,9 +22,10 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rich.console import Console
 
-from resilience import Constant, FakeClock, Hedge, Pipeline, Retry
+from resilience import CircuitBreaker, Constant, FakeClock, Hedge, Pipeline, Retry
 from resilience._demo import etcd_uri, make_fleet
 from resilience._demo.clients import Collector
 from resilience._demo.fleet import GRPC_METHOD, Behaviour, Fleet, Replica
@@ -289,6 +290,23 @@ def test_trace_keeper_prefers_a_call_that_retried_and_hedged() -> None:
     assert len(keeper.traces()) == 2  # the plain calls were not kept
     with pytest.raises(ValueError, match="no call span among 0 spans"):
         build_tree([])
+
+
+def test_trace_tree_names_a_breaker_transition_once() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    breaker = CircuitBreaker(failure_threshold=1, name="breaker 127.0.0.1:1")
+    pipeline = Pipeline(breaker, listeners=[OpenTelemetryListener(tracer_provider=provider)])
+
+    def refused() -> str:
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError):
+        pipeline.call(refused)
+    lines = build_tree(exporter.get_finished_spans()).lines()
+    assert lines[0].startswith("resilience.call: failure (ConnectionError) in ")
+    assert any(line.endswith("  breaker 127.0.0.1:1: closed -> open (failure_threshold)") for line in lines), lines
 
 
 def test_collector_counts_what_the_policies_did() -> None:

@@ -111,9 +111,11 @@ def _event_label(name: str, a: Mapping[str, Any] | None) -> str | None:
     if name == "resilience.rejected":
         return f"rejected by {_attr(a, 'resilience.rejected_by')}: {_attr(a, 'resilience.reason')}"
     if name == "resilience.circuit.state_changed":
+        policy = str(_attr(a, "resilience.policy", "breaker"))
+        who = policy if policy.startswith("breaker") else f"breaker {policy}"
         return (
-            f"breaker {_attr(a, 'resilience.policy', '')}: {_attr(a, 'resilience.circuit.old')} -> "
-            f"{_attr(a, 'resilience.circuit.new')} ({_attr(a, 'resilience.reason')})"
+            f"{who}: {_attr(a, 'resilience.circuit.old')} -> {_attr(a, 'resilience.circuit.new')} "
+            f"({_attr(a, 'resilience.reason')})"
         )
     if name == "resilience.endpoint.ejected":
         return f"ejected {_attr(a, 'resilience.endpoint')} ({_attr(a, 'resilience.reason')})"
