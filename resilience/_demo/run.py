@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -33,6 +33,9 @@ from .clients import GRPC_SERVICE_NAME, HTTP_SERVICE, Client, Collector, describ
 from .fleet import Behaviour, Fleet, Replica
 from .stats import Snapshot, Stats
 from .trace import TraceKeeper, build_tree, render
+
+if TYPE_CHECKING:
+    from ..discovery.registration import Registrator
 
 __all__ = ["DemoOptions", "etcd_uri", "make_fleet", "run"]
 
@@ -163,7 +166,6 @@ class Traffic:
         self.workers = workers
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.calls = 0
 
     def _work(self, key: tuple[str, str], offset: float) -> None:
         client, stats = self.clients[key], self.stats[key]
@@ -249,7 +251,7 @@ class Demo:
         self.keeper = TraceKeeper()
         self.start = time.monotonic()
         self.phase = "all replicas up"
-        self.registrators: dict[str, Any] = {}
+        self.registrators: dict[str, Registrator] = {}
         self.etcd: str | None = etcd_uri(options.etcd) if options.etcd else None
         self._print_lock = threading.Lock()
 
