@@ -87,15 +87,17 @@ def chart(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
         p99_axis.set_title(PROTOCOL_TITLES.get(protocol, protocol))
         p99_axis.set_ylabel("p99 latency, ms (log scale)")
         p99_axis.set_yscale("log")
+        p99_axis.set_ylim(bottom=1.0)  # bars from 1 ms: a log axis cut close to the data exaggerates
         success_axis.set_ylabel("success, %")
         success_axis.set_ylim(0, 105)
         for axis in (p99_axis, success_axis):
             axis.set_xticks(range(len(fleets)), fleets)
             axis.grid(axis="y", alpha=0.3)
-        p99_axis.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", ncol=len(stacks), fontsize=8, bbox_to_anchor=(0.5, 0.955))
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 0.92))
     target = Path(path)
     figure.savefig(target, dpi=110)
     plt.close(figure)

@@ -587,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     heading = f"chaos benchmark, {args.rounds} round(s) of {args.requests} requests at concurrency {args.concurrency}"
     if args.markdown:
         text = f"{heading}; {_versions()}\n\n{_chaos_chart.markdown(rows)}"
-        Path(args.markdown).write_text(text + "\n" + "\n".join(goals(summaries)) + "\n")
+        blocks = [*recovery, "", *goals(summaries)] if recovery else goals(summaries)
+        Path(args.markdown).write_text(text + "\n```text\n" + "\n".join(blocks) + "\n```\n")
         print(f"markdown: {args.markdown}")
     if args.chart:
         print(f"chart: {_chaos_chart.chart(rows, args.chart, title=heading)}")
