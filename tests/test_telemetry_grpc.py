@@ -87,6 +87,7 @@ def check(rec: Recorder, seen: list[Attempt], ports: list[int]) -> None:
     assert "resilience.hedge" in names and "resilience.retry" in names
     retry = dict(events(call))["resilience.retry"]
     assert (retry["resilience.attempt"], retry["resilience.retry.delay"]) == (1, 0.01)
+    assert retry["error.type"] == "UNAVAILABLE"  # the status name, as on the attempt's span
     attempts = rec.attempts()
     keys = [(s.attributes["resilience.attempt"], s.attributes["resilience.hedge"]) for s in attempts]  # type: ignore[index]
     assert keys == [(1, 0), (1, 1), (2, 0)]

@@ -35,7 +35,7 @@ from ..policies.rate_keys import RateLimitRejected, RateLimitWaited
 from ..policies.throttle import ThrottleRejected
 from ._metrics import Instruments, Watched, metric_method
 from ._redact import Redactor
-from ._spans import CallTrace, end_attempt, end_call, error_type, start_attempt, start_call
+from ._spans import CallTrace, end_attempt, end_call, event_error_type, start_attempt, start_call
 
 __all__ = ["OpenTelemetryListener"]
 
@@ -267,14 +267,14 @@ class OpenTelemetryListener(CallListener):
     def _retry(self, event: RetryScheduled) -> None:
         attributes: dict[str, Any] = {"resilience.attempt": event.attempt, "resilience.retry.delay": event.delay}
         if event.error is not None:
-            attributes["error.type"] = error_type(event.error)
+            attributes["error.type"] = event_error_type(event.error)
         self._span_event(event, "resilience.retry", attributes)
         self._instruments.retries.add(1, {"resilience.policy": event.policy})
 
     def _gave_up(self, event: RetryGaveUp) -> None:
         attributes: dict[str, Any] = {"resilience.attempt": event.attempt, "resilience.reason": event.reason}
         if event.error is not None:
-            attributes["error.type"] = error_type(event.error)
+            attributes["error.type"] = event_error_type(event.error)
         self._span_event(event, "resilience.retry.gave_up", attributes)
 
     def _hedge(self, event: HedgeStarted) -> None:
@@ -288,7 +288,7 @@ class OpenTelemetryListener(CallListener):
     def _hedge_failed(self, event: HedgeAttemptFailed) -> None:
         attributes: dict[str, Any] = {"resilience.hedge": event.hedge}
         if event.error is not None:
-            attributes["error.type"] = error_type(event.error)
+            attributes["error.type"] = event_error_type(event.error)
         self._span_event(event, "resilience.hedge.attempt_failed", attributes)
 
     def _fallback(self, event: FallbackUsed) -> None:
@@ -297,7 +297,7 @@ class OpenTelemetryListener(CallListener):
             call.fallback = True
         attributes: dict[str, Any] = {}
         if event.error is not None:
-            attributes["error.type"] = error_type(event.error)
+            attributes["error.type"] = event_error_type(event.error)
         self._span_event(event, "resilience.fallback", attributes)
         self._instruments.fallbacks.add(1, {"resilience.policy": event.policy})
 

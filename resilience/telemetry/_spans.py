@@ -39,6 +39,12 @@ def error_type(error: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def event_error_type(error: BaseException) -> str:
+    """``error.type`` of a policy's event: the gRPC status name when the error has one, as on
+    the attempt's span, else the exception's class name."""
+    return grpc_code(error) or error_type(error)
+
+
 def grpc_code(error: BaseException | None) -> str | None:
     """The gRPC status name of an error that carries one (``code()``), else ``None``."""
     code = getattr(error, "code", None)
