@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
 import json
@@ -125,10 +126,30 @@ def test_stop_closes_every_port() -> None:
 
 
 def test_behaviour_is_seeded_and_checked() -> None:
-    draws = [Behaviour(error_share=0.3, slow_share=0.2, seed=5) for _ in range(2)]
-    first = [draws[0].draw() for _ in range(200)]
-    assert first == [draws[1].draw() for _ in range(200)]
-    assert first.count(None) > 0 and any(w and w >= 0.3 for w in first) and first.count(0.0) > 0
+    async def meet(behaviour: Behaviour, clock: FakeClock) -> list[float | None]:
+        """Per request: ``None`` for a failure, else the seconds it waited on the clock."""
+        seen: list[float | None] = []
+        for _ in range(200):
+            start = clock.monotonic()
+            ok = await behaviour.meet()
+            seen.append(clock.monotonic() - start if ok else None)
+        return seen
+
+    runs = []
+    for _ in range(2):
+        clock = FakeClock()
+        behaviour = Behaviour(error_share=0.3, slow_share=0.2, seed=5, clock=clock)
+        runs.append(asyncio.run(meet(behaviour, clock)))
+    first = runs[0]
+    assert first == runs[1]  # seeded: the same requests meet the same faults
+    failed, slow = first.count(None), [w for w in first if w]
+    assert 40 <= failed <= 80 and first.count(0.0) > 0  # 30 % of 200 fail
+    assert slow and all(0.3 <= w <= 0.6 for w in slow)  # the slow tail waits within its range
+    # They are the project's FaultInjection policies: errors first, then the slow tail.
+    errors, tail = behaviour.faults
+    assert (errors.calls, errors.injected) == (200, failed)
+    assert (tail.calls, tail.injected) == (200 - failed, len(slow))
+    assert Behaviour().pipeline is None  # a healthy replica answers without a pipeline
     with pytest.raises(ValueError, match=r"error_share must be within 0\.\.1, got 1\.5"):
         Behaviour(error_share=1.5)
     with pytest.raises(ValueError, match=r"slow_delay must be a pair 0 <= low <= high, got \(0\.5, 0\.1\)"):

@@ -3,8 +3,9 @@
 Every server runs on one event loop in a thread of its own (:class:`Fleet`): a small
 HTTP/1.1 server (keep-alive, ``GET`` answered with the replica's name) and a ``grpc.aio``
 server of ``demo.Echo/Unary`` (bytes in, the replica's name out; generic handlers, no
-generated code). Each request meets its replica's :class:`Behaviour`: a seeded draw decides
-whether it fails at once (``503``, ``UNAVAILABLE``), waits (the slow tail) or answers at once.
+generated code). Each request meets its replica's :class:`Behaviour`: the project's own
+:class:`~resilience.FaultInjection` policies, seeded, decide whether it fails at once (``503``,
+``UNAVAILABLE``), waits (the slow tail) or answers at once.
 :meth:`Fleet.kill` closes a replica's port (new connections are refused, open ones cut) and
 :meth:`Fleet.revive` listens on the same port again.
 
@@ -26,7 +27,11 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-__all__ = ["GRPC_METHOD", "GRPC_SERVICE", "Behaviour", "Fleet", "Replica"]
+from ..clock import Clock
+from ..pipeline import Pipeline
+from ..policies.fault import FaultInjection
+
+__all__ = ["GRPC_METHOD", "GRPC_SERVICE", "Behaviour", "Fleet", "InjectedFailure", "Replica"]
 
 GRPC_SERVICE = "demo.Echo"
 GRPC_METHOD = f"/{GRPC_SERVICE}/Unary"
@@ -35,22 +40,38 @@ CLIENT_HEADER = "x-demo-client"
 T = TypeVar("T")
 
 
+class InjectedFailure(Exception):
+    """The fault a flaky replica's :class:`Behaviour` injects: answered as ``503`` or ``UNAVAILABLE``."""
+
+
+async def _answer() -> None:
+    return None
+
+
 @dataclass
 class Behaviour:
-    """How a replica answers, drawn per request from a seeded generator.
+    """How a replica answers: ``FaultInjection`` policies in front of its handler, seeded.
+
+    A request first meets the errors (``error_share`` of them fail at once), then, if it did
+    not fail, the slow tail (``slow_share`` of them wait ``slow_delay`` on the pipeline's
+    clock): two :class:`~resilience.FaultInjection` policies in one :class:`~resilience.Pipeline`,
+    drawing from one generator seeded with ``seed``, so a run replays exactly.
 
     Attributes:
         error_share: the share of requests that fail at once (0..1).
         slow_share: the share of the others that wait ``slow_delay`` seconds (0..1).
         slow_delay: seconds a slow answer waits, drawn uniformly from the pair.
         seed: the seed of the draws.
+        clock: the pipeline's clock (default the real one; a FakeClock in tests).
     """
 
     error_share: float = 0.0
     slow_share: float = 0.0
     slow_delay: tuple[float, float] = (0.3, 0.6)
     seed: int = 0
-    rng: random.Random = field(init=False, repr=False)
+    clock: Clock | None = field(default=None, repr=False)
+    faults: tuple[FaultInjection, ...] = field(init=False, repr=False)
+    pipeline: Pipeline | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("error_share", "slow_share"):
@@ -60,16 +81,29 @@ class Behaviour:
         low, high = self.slow_delay
         if not 0.0 <= low <= high:
             raise ValueError(f"slow_delay must be a pair 0 <= low <= high, got {self.slow_delay!r}")
-        self.rng = random.Random(self.seed)
+        rng = random.Random(self.seed)
+        faults: list[FaultInjection] = []
+        if self.error_share:
+            faults.append(FaultInjection(self.error_share, error=InjectedFailure, rng=rng, name="errors"))
+        if self.slow_share:
+            faults.append(FaultInjection(self.slow_share, delay=self.slow_delay, rng=rng, name="slow tail"))
+        self.faults = tuple(faults)
+        if not faults:
+            self.pipeline = None  # healthy: answered at once, without a task
+        elif self.clock is None:
+            self.pipeline = Pipeline(*faults)
+        else:
+            self.pipeline = Pipeline(*faults, clock=self.clock)
 
-    def draw(self) -> float | None:
-        """``None`` to fail this request, else the seconds to wait before answering."""
-        rng = self.rng
-        if self.error_share and rng.random() < self.error_share:
-            return None
-        if self.slow_share and rng.random() < self.slow_share:
-            return rng.uniform(*self.slow_delay)
-        return 0.0
+    async def meet(self) -> bool:
+        """Meets this request's faults: ``False`` if it is to fail, ``True`` once it may be answered."""
+        if self.pipeline is None:
+            return True
+        try:
+            await self.pipeline.acall(_answer)
+        except InjectedFailure:
+            return False
+        return True
 
 
 @dataclass
@@ -86,17 +120,19 @@ class Replica:
     failed: Counter[str] = field(default_factory=Counter)  # per client, the failures it served
     server: Any = field(default=None, repr=False)
     connections: set[asyncio.Transport] = field(default_factory=set, repr=False)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)  # HTTP answers being delayed
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def arrive(self, client: str) -> float | None:
+    async def serve(self, client: str) -> bool:
+        """Counts a request of ``client`` and meets the replica's faults: ``False`` to fail it."""
         self.arrivals[client] += 1
-        wait = self.behaviour.draw()
-        if wait is None:
+        ok = await self.behaviour.meet()
+        if not ok:
             self.failed[client] += 1
-        return wait
+        return ok
 
 
 _OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n"
@@ -137,24 +173,23 @@ class _HttpProtocol(asyncio.Protocol):
             if len(rest) < length:
                 return
             self.buffer = rest[length:]
-            wait = self.replica.arrive(client)
             slot: list[bytes | None] = [None]
             self.pending.append(slot)
-            if wait is None:
-                slot[0] = _UNAVAILABLE
-            elif wait:
-                loop.call_later(wait, self._ready, slot)
-                continue
-            else:
+            if self.replica.behaviour.pipeline is None:  # no faults: at once
+                self.replica.arrivals[client] += 1
                 slot[0] = self._ok()
-            self._flush()
+                self._flush()
+                continue
+            task = loop.create_task(self._answer(slot, client))
+            self.replica.tasks.add(task)
+            task.add_done_callback(self.replica.tasks.discard)
 
     def _ok(self) -> bytes:
         body = self.replica.name.encode()
         return _OK_HEAD.format(len(body)).encode() + body
 
-    def _ready(self, slot: list[bytes | None]) -> None:
-        slot[0] = self._ok()
+    async def _answer(self, slot: list[bytes | None], client: str) -> None:
+        slot[0] = self._ok() if await self.replica.serve(client) else _UNAVAILABLE
         self._flush()
 
     def _flush(self) -> None:
@@ -271,6 +306,8 @@ class Fleet:
             for transport in list(replica.connections):
                 transport.abort()
             replica.connections.clear()
+            for task in list(replica.tasks):
+                task.cancel()
             await server.wait_closed()
         else:
             await server.stop(None)
@@ -284,11 +321,8 @@ class Fleet:
             for key, value in context.invocation_metadata() or ():
                 if key == CLIENT_HEADER and isinstance(value, str):
                     client = value
-            wait = replica.arrive(client)
-            if wait is None:
+            if not await replica.serve(client):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{replica.name} failed this call")
-            elif wait:
-                await asyncio.sleep(wait)
             return name
 
         handler: Callable[..., Any] = unary
