@@ -12,10 +12,11 @@ requests. A setting left out is inherited: route, then host, then ``http``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from .._grpc_status import GRPC_CODES, StatusName
 from ._fields import Section
 from .schema_retry import PolicyName
 from .schema_services import BalancerSection, EjectionSection, RoundRobinSection
@@ -33,28 +34,6 @@ __all__ = [
     "TelemetrySection",
 ]
 
-StatusName = Literal[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-]
-
-GRPC_CODES: tuple[str, ...] = get_args(StatusName)
-"""The names of ``grpc.StatusCode`` (checked against grpc by a test: no grpc import here)."""
 
 _POLICY_DOC = "the name of a policy set in `policies` (inherited when left out; none at the top: no policies)"
 

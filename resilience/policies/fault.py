@@ -10,30 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _validate
+from .._grpc_status import GRPC_CODES
 from ..context import CallContext
 from ..options import Options, Reconfigurable
 from ..policy import AsyncNext, Policy, SyncNext
 
 __all__ = ["FaultInjection", "FaultInjectionOptions"]
 
-_GRPC_CODE_NAMES = (
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
+_GRPC_CODE_NAMES = tuple(name for name in GRPC_CODES if name != "OK")
 """The gRPC status codes a :class:`FaultInjection` may fail with (every code but ``OK``)."""
 
 Delay = float | int | tuple[float, float]
