@@ -160,3 +160,14 @@ def rpc_error(exc: BaseException, *, aio: bool = False) -> BaseException | None:
     mapped.__suppress_context__ = exc.__suppress_context__
     mapped.__context__ = exc.__context__
     return mapped.with_traceback(exc.__traceback__)
+
+
+def call_error(exc: BaseException, response_streaming: bool) -> BaseException | None:
+    """What a sync adapter hands its caller for ``exc``, raised outside the ``except`` (so it
+    does not chain the original): the library error as a ``grpc.RpcError`` (:func:`rpc_error`),
+    or, for a response stream, an ``RpcError`` as it is (it ends the stream's call object).
+    ``None``: re-raise ``exc`` unchanged."""
+    error = rpc_error(exc)
+    if error is None and response_streaming and isinstance(exc, grpc.RpcError):
+        return exc
+    return error

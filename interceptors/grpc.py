@@ -76,7 +76,7 @@ from ._grpc_common import (
     as_policies,
     parse_pushback,
 )
-from ._grpc_errors import RpcStatusError, rpc_error
+from ._grpc_errors import RpcStatusError, call_error, rpc_error
 
 __all__ = ["GrpcClassifier", "GrpcPolicies", "MethodPolicy", "ResilienceInterceptor"]
 
@@ -1001,12 +1001,9 @@ class ResilienceInterceptor(
             # grpc reads the response with ``result()``: an answer no attempt gave (a fallback's) is wrapped.
             return result if background is not None or isinstance(result, grpc.Future) else Answered(result)
         except Exception as exc:
-            error = rpc_error(exc)
+            error = call_error(exc, response_streaming)
             if error is None:
-                if not (response_streaming and isinstance(exc, grpc.RpcError)):
-                    raise
-                error = exc
-        # Raised (or handed over) outside the ``except``: the mapped error does not chain the original.
+                raise
         if response_streaming:
             return StreamCall.failed(error, ctx)
         raise error

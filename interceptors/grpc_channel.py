@@ -58,7 +58,7 @@ from ._grpc_common import (
     ReplayableRequests,
     as_policies,
 )
-from ._grpc_errors import rpc_error
+from ._grpc_errors import call_error
 from ._wiring import Ejection, pick
 from .grpc import (
     Answered,
@@ -200,12 +200,9 @@ class _SyncCallable(_Callable):
                 return result, Answered(result)  # a fallback's answer, with a call object
             return result
         except Exception as exc:
-            error = rpc_error(exc)
+            error = call_error(exc, response_streaming)
             if error is None:
-                if not (response_streaming and isinstance(exc, grpc.RpcError)):
-                    raise
-                error = exc
-        # Raised (or handed over) outside the ``except``: the mapped error does not chain the original.
+                raise
         if response_streaming:
             return StreamCall.failed(error, ctx)
         raise error
